@@ -144,12 +144,22 @@ class MaskedFusionTransformer(nn.Module):
         if missing:
             raise KeyError(f"inputs has no entry for modalities {missing}; it has {sorted(inputs)}.")
 
-        tokens = []
-        for name, encoder, projection in zip(self.modality_names, self.encoders, self.token_projections):
-            value = inputs[name]
-            encoded = encoder(**value) if isinstance(value, Mapping) else encoder(value)  # (B, N_j, F_j)
-            tokens.append(projection(encoded))  # (B, N_j, D)
-        return torch.cat(tokens, dim=1)
+        return torch.cat([self.encode_modality(name, inputs[name]) for name in self.modality_names], dim=1)
+
+    def encode_modality(self, name: str, value: ModalityInput) -> torch.Tensor:
+        """Encode one modality's input into its projected tokens ``(B, N_j, D)``."""
+        if name not in self.modality_names:
+            raise KeyError(f"unknown modality {name!r}; the network has {self.modality_names}.")
+        index = self.modality_names.index(name)
+        encoder = self.encoders[index]
+        encoded = encoder(**value) if isinstance(value, Mapping) else encoder(value)  # (B, N_j, F_j)
+        return self.token_projections[index](encoded)
+
+    def token_slice(self, name: str) -> slice:
+        """Positions of modality ``name`` in the joined token sequence ``(B, N, D)``."""
+        index = self.modality_names.index(name)
+        start = sum(self.token_counts[:index])
+        return slice(start, start + self.token_counts[index])
 
     def fuse(self, tokens: torch.Tensor, present_mask: torch.Tensor) -> torch.Tensor:
         """Fuse tokens ``(B, N, D)`` under a presence mask ``(B, M)``; return the CLS output ``(B, D)``."""

@@ -1,0 +1,405 @@
+"""Greedy DyMo selection: admit recovered modalities one at a time while the reward is positive.
+
+Shape letters: ``B`` batch, ``M`` modalities, ``N`` tokens, ``D`` model width, ``K`` classes,
+``P`` embedding width, ``C`` candidate pairs ``(sample, modality)`` evaluated in one step.
+
+Per sample, vectorised over the batch:
+
+1. Start from the present modalities; the candidates are the recovered ones.
+2. For every remaining candidate ``u`` compute the reward ``R_u`` of adding ``u``
+   (:mod:`pipeline.selection.reward`).
+3. Drop every candidate with ``R_u < 0`` for good. Zero rewards follow ``zero_reward``:
+   ``"keep"`` (default, as the authors' code does) leaves a candidate with ``R_u = 0`` for later
+   steps, ``"drop"`` removes it too.
+4. A sample whose rewards are all ``<= 0`` stops. Otherwise it admits its arg-max candidate
+   (ties go to the lowest modality index), exactly one per step.
+5. Repeat until no sample is active. The prediction is the output under each sample's final mask.
+
+Cost per batch: one encoder pass (in :meth:`DyMoSelector.__call__`), then one fusion call for the
+start masks and the first step's candidates together, and one fusion call per later step for the
+remaining candidates of the active samples. Steps are at most the number of candidates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from pipeline.networks.fusion import MaskedFusionTransformer, ModalityInput
+from pipeline.selection.prototypes import SubsetPrototypes
+from pipeline.selection.reward import (
+    CALIBRATION_RULES,
+    DEFAULT_TAU,
+    CalibrationRule,
+    intra_class_similarity,
+    modality_reward,
+    quality,
+)
+
+logger = logging.getLogger(__name__)
+
+ZeroRewardRule = Literal["keep", "drop"]
+ZERO_REWARD_RULES: tuple[str, ...] = ("keep", "drop")
+
+
+@dataclass(frozen=True)
+class SelectionStep:
+    """One greedy step for the whole batch.
+
+    Attributes:
+        rewards: ``(B, M)`` reward of each candidate evaluated in this step; NaN where a modality
+            was not a candidate or the sample had already stopped.
+        admitted: ``(B,)`` modality index admitted in this step, ``-1`` where none was.
+    """
+
+    rewards: torch.Tensor
+    admitted: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """Outcome of greedy selection for one batch.
+
+    Attributes:
+        logits: ``(B, K)`` logits under each sample's final mask.
+        embedding: ``(B, P)`` embedding under each sample's final mask.
+        present_mask: ``(B, M)`` final mask: the present modalities plus the admitted ones.
+        start_mask: ``(B, M)`` the present modalities selection started from.
+        candidate_mask: ``(B, M)`` the recovered modalities that were candidates.
+        admitted_mask: ``(B, M)`` the candidates that were admitted.
+        steps: the per-step trace, in order.
+    """
+
+    logits: torch.Tensor
+    embedding: torch.Tensor
+    present_mask: torch.Tensor
+    start_mask: torch.Tensor
+    candidate_mask: torch.Tensor
+    admitted_mask: torch.Tensor
+    steps: list[SelectionStep]
+
+    def admission_order(self) -> list[list[int]]:
+        """Admitted modality indices of each sample, in the order they were admitted."""
+        order: list[list[int]] = [[] for _ in range(self.logits.shape[0])]
+        for step in self.steps:
+            for sample, modality in enumerate(step.admitted.tolist()):
+                if modality >= 0:
+                    order[sample].append(modality)
+        return order
+
+    def to_records(
+        self, modality_names: Sequence[str], subject_ids: Sequence[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """One record per subject for a selection report (e.g. ``pandas.DataFrame(records)``).
+
+        Each record has ``subject_id``, the ``present``, ``candidates``, ``admitted`` (in admission
+        order) and ``final`` modality names joined by ``+``, ``predicted_class``, ``steps``, and
+        ``step<t>_reward_<modality>`` for every reward evaluated (steps counted from 1).
+        """
+        batch_size = self.logits.shape[0]
+        if len(modality_names) != self.present_mask.shape[1]:
+            raise ValueError(f"expected {self.present_mask.shape[1]} modality names, got {list(modality_names)}.")
+        if subject_ids is None:
+            subject_ids = list(range(batch_size))
+        if len(subject_ids) != batch_size:
+            raise ValueError(f"expected {batch_size} subject ids for the batch, got {len(subject_ids)}.")
+
+        def names(mask_row: torch.Tensor) -> str:
+            return "+".join(name for name, used in zip(modality_names, mask_row.tolist()) if used)
+
+        predicted = self.logits.argmax(dim=-1).tolist()
+        records = []
+        for sample, order in enumerate(self.admission_order()):
+            record: dict[str, Any] = {
+                "subject_id": subject_ids[sample],
+                "present": names(self.start_mask[sample]),
+                "candidates": names(self.candidate_mask[sample]),
+                "admitted": "+".join(modality_names[index] for index in order),
+                "final": names(self.present_mask[sample]),
+                "predicted_class": predicted[sample],
+                "steps": 0,
+            }
+            for number, step in enumerate(self.steps, start=1):
+                row = step.rewards[sample]
+                evaluated = (~row.isnan()).nonzero().flatten().tolist()
+                if evaluated:
+                    record["steps"] = number
+                for modality in evaluated:
+                    record[f"step{number}_reward_{modality_names[modality]}"] = float(row[modality])
+            records.append(record)
+        return records
+
+
+def greedy_step(
+    rewards: torch.Tensor, remaining: torch.Tensor, active: torch.Tensor, zero_reward: ZeroRewardRule = "keep"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply one step of the greedy rule to the rewards of the remaining candidates.
+
+    Args:
+        rewards: ``(B, M)`` rewards; only entries where ``remaining & active`` are read.
+        remaining: ``(B, M)`` bool, candidates not yet admitted or dropped.
+        active: ``(B,)`` bool, samples still selecting.
+        zero_reward: ``"keep"`` leaves zero-reward candidates for later steps, ``"drop"`` removes them.
+
+    Returns:
+        ``admitted`` ``(B,)`` modality admitted per sample (``-1`` for none), the new ``remaining``
+        ``(B, M)`` and the new ``active`` ``(B,)``.
+    """
+    if zero_reward not in ZERO_REWARD_RULES:
+        raise ValueError(f"zero_reward must be one of {ZERO_REWARD_RULES}, got {zero_reward!r}.")
+    evaluated = remaining & active[:, None]
+    scores = torch.where(evaluated, rewards, torch.full_like(rewards, -torch.inf))
+
+    dropped = evaluated & ((scores < 0) if zero_reward == "keep" else (scores <= 0))
+    best_reward, best_modality = scores.max(dim=-1)  # max returns the first index among ties
+    admits = active & (best_reward > 0)
+
+    admitted = torch.where(admits, best_modality, torch.full_like(best_modality, -1))
+    new_remaining = remaining & ~dropped
+    new_remaining[admits, best_modality[admits]] = False
+    new_active = admits & new_remaining.any(dim=-1)
+    return admitted, new_remaining, new_active
+
+
+class DyMoSelector:
+    """Choose, per sample, which recovered modalities to fuse, using no labels.
+
+    Args:
+        network: the trained fusion network.
+        prototypes: prototypes fitted for ``network`` (checked by fingerprint).
+        calibration: ``"ratio"``, ``"log_ratio"`` or ``"none"``; see :mod:`pipeline.selection.reward`.
+        tau: temperature of the quality softmax (0.1 in the published setting).
+        zero_reward: what happens to a candidate whose reward is exactly 0: ``"keep"`` or ``"drop"``.
+        check_fingerprint: set ``False`` only when the network is known to be the fitted one and
+            hashing its weights is too slow.
+
+    Example::
+
+        selector = DyMoSelector(network, SubsetPrototypes.load(path, network), calibration="ratio")
+        result = selector(inputs, present_mask)  # recovered inputs, (B, M) observed modalities
+        probabilities = result.logits.softmax(-1)
+    """
+
+    def __init__(
+        self,
+        network: MaskedFusionTransformer,
+        prototypes: SubsetPrototypes,
+        calibration: CalibrationRule = "ratio",
+        tau: float = DEFAULT_TAU,
+        zero_reward: ZeroRewardRule = "keep",
+        check_fingerprint: bool = True,
+    ) -> None:
+        if calibration not in CALIBRATION_RULES:
+            raise ValueError(f"calibration must be one of {CALIBRATION_RULES}, got {calibration!r}.")
+        if zero_reward not in ZERO_REWARD_RULES:
+            raise ValueError(f"zero_reward must be one of {ZERO_REWARD_RULES}, got {zero_reward!r}.")
+        if not tau > 0:
+            raise ValueError(f"tau must be positive, got {tau}.")
+        if list(prototypes.modality_names) != list(network.modality_names):
+            raise ValueError(
+                f"the prototypes were fitted for modalities {prototypes.modality_names}, "
+                f"but the network has {network.modality_names}."
+            )
+        if prototypes.embedding != network.embedding:
+            raise ValueError(
+                f"the prototypes use {prototypes.embedding!r} embeddings, but the network produces {network.embedding!r}."
+            )
+        if check_fingerprint:
+            prototypes.check_network(network)
+
+        self.network = network
+        self.prototypes = prototypes
+        self.calibration = calibration
+        self.tau = tau
+        self.zero_reward = zero_reward
+
+    def __call__(
+        self,
+        inputs: Mapping[str, ModalityInput],
+        present_mask: torch.Tensor,
+        candidate_mask: torch.Tensor | None = None,
+        observed_inputs: Mapping[str, ModalityInput] | None = None,
+    ) -> SelectionResult:
+        """Encode every modality once, then select.
+
+        Args:
+            inputs: per modality name, the input with every missing part recovered by an imputer.
+            present_mask: ``(B, M)`` bool, the modalities to start from (observed ones).
+            candidate_mask: ``(B, M)`` bool, the recovered modalities that may be admitted;
+                defaults to ``~present_mask``.
+            observed_inputs: for modalities that are present but only partly observed (a table
+                with missing values), their input as observed, e.g. with ``missing_values`` set.
+                Such a modality starts in this state and, when admitted as a candidate, switches to
+                its recovered input from ``inputs``.
+        """
+        with torch.no_grad(), _evaluation_mode(self.network):
+            tokens = self.network.encode(inputs)
+            observed_tokens = None
+            if observed_inputs:
+                observed_tokens = tokens.clone()
+                for name, value in observed_inputs.items():
+                    observed_tokens[:, self.network.token_slice(name)] = self.network.encode_modality(name, value)
+        return self.select_tokens(tokens, present_mask, candidate_mask, observed_tokens)
+
+    def select_tokens(
+        self,
+        tokens: torch.Tensor,
+        present_mask: torch.Tensor,
+        candidate_mask: torch.Tensor | None = None,
+        observed_tokens: torch.Tensor | None = None,
+    ) -> SelectionResult:
+        """Select from already encoded tokens; see :meth:`__call__`.
+
+        Args:
+            tokens: ``(B, N, D)`` recovered tokens from :meth:`MaskedFusionTransformer.encode`, or
+                from an imputer that works in token space.
+            present_mask: ``(B, M)`` bool, the modalities to start from.
+            candidate_mask: ``(B, M)`` bool, defaults to ``~present_mask``.
+            observed_tokens: ``(B, N, D)`` tokens as observed, required when a modality is both
+                present and a candidate; those samples start from these tokens for that modality.
+        """
+        if candidate_mask is None:
+            candidate_mask = ~present_mask
+        self._check_selection_inputs(tokens, present_mask, candidate_mask, observed_tokens)
+        if observed_tokens is None:
+            observed_tokens = tokens
+        batch_size, num_modalities = present_mask.shape
+
+        with torch.no_grad(), _evaluation_mode(self.network):
+            admitted_mask = torch.zeros_like(present_mask)
+            remaining = candidate_mask.clone()
+            active = remaining.any(dim=-1)
+            steps: list[SelectionStep] = []
+            current: dict[str, torch.Tensor] | None = None
+
+            while True:
+                pairs = (remaining & active[:, None]).nonzero()  # (C, 2): sample, candidate modality
+                samples, candidates = pairs[:, 0], pairs[:, 1]
+                if current is None:
+                    # The start masks share the first fusion call; candidate -1 adds no modality.
+                    samples = torch.cat([torch.arange(batch_size, device=tokens.device), samples])
+                    candidates = torch.cat([candidates.new_full((batch_size,), -1), candidates])
+                outputs = self._evaluate(tokens, observed_tokens, present_mask | admitted_mask, admitted_mask, samples, candidates)
+                if current is None:
+                    current = {key: value[:batch_size] for key, value in outputs.items()}
+                    outputs = {key: value[batch_size:] for key, value in outputs.items()}
+                if not bool(active.any()):
+                    break
+                logger.debug("Selection step %d: %d active samples, %d candidates.", len(steps) + 1, int(active.sum()), len(pairs))
+
+                reward = modality_reward(
+                    current["quality"][pairs[:, 0]],
+                    current["ics"][pairs[:, 0]],
+                    outputs["quality"],
+                    outputs["ics"],
+                    self.calibration,
+                )
+                rewards = torch.full((batch_size, num_modalities), torch.nan, dtype=reward.dtype, device=reward.device)
+                rewards[pairs[:, 0], pairs[:, 1]] = reward
+
+                admitted, remaining, next_active = greedy_step(rewards, remaining, active, self.zero_reward)
+                steps.append(SelectionStep(rewards=rewards, admitted=admitted))
+
+                # The admitted candidate's outputs become the sample's current outputs.
+                chosen = admitted >= 0
+                pair_row = torch.full((batch_size, num_modalities), -1, dtype=torch.long, device=tokens.device)
+                pair_row[pairs[:, 0], pairs[:, 1]] = torch.arange(pairs.shape[0], device=tokens.device)
+                source = pair_row[chosen, admitted[chosen]]
+                current = {key: value.clone() for key, value in current.items()}
+                for key in current:
+                    current[key][chosen] = outputs[key][source]
+                admitted_mask[chosen, admitted[chosen]] = True
+                active = next_active
+
+        return SelectionResult(
+            logits=current["logits"],
+            embedding=current["embedding"],
+            present_mask=present_mask | admitted_mask,
+            start_mask=present_mask.clone(),
+            candidate_mask=candidate_mask.clone(),
+            admitted_mask=admitted_mask,
+            steps=steps,
+        )
+
+    def _evaluate(
+        self,
+        tokens: torch.Tensor,
+        observed_tokens: torch.Tensor,
+        current_mask: torch.Tensor,
+        admitted_mask: torch.Tensor,
+        samples: torch.Tensor,
+        candidates: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Fuse rows ``samples`` ``(C,)`` under their current mask plus modality ``candidates`` ``(C,)`` (-1: none).
+
+        Admitted and candidate modalities use the recovered tokens, the others the observed tokens.
+        Returns ``logits (C, K)``, ``embedding (C, P)``, ``quality (C,)`` and ``ics (C,)``.
+        """
+        modalities = torch.arange(current_mask.shape[1], device=current_mask.device)
+        added = candidates[:, None] == modalities  # (C, M); all False for candidate -1
+        masks = current_mask[samples] | added
+        recovered = admitted_mask[samples] | added
+
+        use_recovered = recovered[:, self.network.token_modality]  # (C, N)
+        pair_tokens = tokens[samples]
+        if observed_tokens is not tokens:
+            pair_tokens = torch.where(use_recovered[..., None], pair_tokens, observed_tokens[samples])
+
+        logits, embedding = self.network.classify(self.network.fuse(pair_tokens, masks))
+        subset_index = self.prototypes.subset_indices(masks)
+        return {
+            "logits": logits,
+            "embedding": embedding,
+            "quality": quality(embedding, self.prototypes, self.tau),
+            "ics": intra_class_similarity(embedding, logits, subset_index, self.prototypes),
+        }
+
+    def _check_selection_inputs(
+        self,
+        tokens: torch.Tensor,
+        present_mask: torch.Tensor,
+        candidate_mask: torch.Tensor,
+        observed_tokens: torch.Tensor | None,
+    ) -> None:
+        num_modalities = self.network.num_modalities
+        for name, mask in (("present_mask", present_mask), ("candidate_mask", candidate_mask)):
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                raise TypeError(f"{name} must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}.")
+            if mask.dim() != 2 or mask.shape != (tokens.shape[0], num_modalities):
+                raise ValueError(
+                    f"{name} must have shape (B, M) = ({tokens.shape[0]}, {num_modalities}) for modalities "
+                    f"{self.network.modality_names}, got {tuple(mask.shape)}."
+                )
+        empty = (~present_mask.any(dim=-1)).nonzero().flatten()
+        if empty.numel():
+            raise ValueError(
+                f"samples {empty.tolist()[:10]} of the batch have no present modality; selection needs at least one "
+                "observed modality per sample to start from. Mark the observed modalities in present_mask."
+            )
+        partial = present_mask & candidate_mask
+        if observed_tokens is None and bool(partial.any()):
+            row, column = partial.nonzero()[0].tolist()
+            raise ValueError(
+                f"modality {self.network.modality_names[column]!r} of sample {row} is both present and a candidate, "
+                "which means partly observed; pass its observed input (observed_inputs or observed_tokens)."
+            )
+        if observed_tokens is not None and observed_tokens.shape != tokens.shape:
+            raise ValueError(
+                f"observed_tokens must have the shape of tokens {tuple(tokens.shape)}, got {tuple(observed_tokens.shape)}."
+            )
+
+
+@contextlib.contextmanager
+def _evaluation_mode(network: torch.nn.Module) -> Iterator[None]:
+    """Put ``network`` in eval mode for the block and restore its previous mode after."""
+    was_training = network.training
+    network.eval()
+    try:
+        yield
+    finally:
+        network.train(was_training)
