@@ -1,0 +1,202 @@
+import pytest
+import torch
+
+from pipeline.networks import MaskedFusionTransformer, network_fingerprint
+
+
+def feature_modalities(count: int, in_features: int = 4) -> list[dict]:
+    return [
+        {"name": f"view{j}", "encoder": "features", "in_features": in_features, "num_tokens": j + 1, "out_features": 8}
+        for j in range(count)
+    ]
+
+
+def make_network(count: int = 3, embedding: str = "cosine", seed: int = 0) -> MaskedFusionTransformer:
+    torch.manual_seed(seed)
+    network = MaskedFusionTransformer(
+        feature_modalities(count), num_classes=3, dim=16, heads=4, projection_dim=6, embedding=embedding
+    )
+    return network.double().eval()
+
+
+def random_inputs(network: MaskedFusionTransformer, batch_size: int, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(batch_size, 4, generator=generator, dtype=torch.float64) for name in network.modality_names}
+
+
+def test_stages_compose_to_forward():
+    network = make_network()
+    inputs = random_inputs(network, 4)
+    mask = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
+
+    logits, embedding = network(inputs, mask)
+    staged_logits, staged_embedding = network.classify(network.fuse(network.encode(inputs), mask))
+
+    assert logits.shape == (4, 3)
+    assert embedding.shape == (4, 6)
+    assert torch.equal(logits, staged_logits)
+    assert torch.equal(embedding, staged_embedding)
+
+
+def test_token_layout_follows_modality_order():
+    network = make_network()
+
+    assert network.token_counts == [1, 2, 3]
+    assert network.token_modality.tolist() == [0, 1, 1, 2, 2, 2]
+    assert network.token_slice("view1") == slice(1, 3)
+    assert network.encode(random_inputs(network, 2)).shape == (2, 6, 16)
+
+
+@pytest.mark.parametrize("embedding", ["cosine", "euclidean"])
+def test_unused_modality_content_is_ignored(embedding):
+    network = make_network(embedding=embedding)
+    inputs = random_inputs(network, 5)
+    changed = dict(inputs, view1=inputs["view1"] * 100.0 + 7.0)
+    mask = torch.tensor([[1, 0, 1]] * 5, dtype=torch.bool)
+
+    before = network(inputs, mask)
+    after = network(changed, mask)
+
+    assert torch.equal(before[0], after[0])
+    assert torch.equal(before[1], after[1])
+
+
+def test_each_sample_uses_its_own_mask():
+    network = make_network()
+    inputs = random_inputs(network, 3)
+    masks = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)
+
+    together, _ = network(inputs, masks)
+    for row in range(3):
+        alone, _ = network({name: value[row : row + 1] for name, value in inputs.items()}, masks[row : row + 1])
+        torch.testing.assert_close(together[row : row + 1], alone, rtol=0, atol=1e-12)
+
+
+def test_used_modality_changes_output():
+    network = make_network()
+    inputs = random_inputs(network, 2)
+    changed = dict(inputs, view0=inputs["view0"] + 1.0)
+    mask = torch.tensor([[1, 0, 1]] * 2, dtype=torch.bool)
+
+    assert not torch.allclose(network(inputs, mask)[0], network(changed, mask)[0])
+
+
+def test_cosine_embedding_is_unit_length_and_euclidean_is_not():
+    inputs_mask = torch.ones(4, 3, dtype=torch.bool)
+    cosine = make_network(embedding="cosine")
+    euclidean = make_network(embedding="euclidean")
+
+    cosine_norm = cosine(random_inputs(cosine, 4), inputs_mask)[1].norm(dim=-1)
+    euclidean_norm = euclidean(random_inputs(euclidean, 4), inputs_mask)[1].norm(dim=-1)
+
+    torch.testing.assert_close(cosine_norm, torch.ones(4, dtype=torch.float64))
+    assert not torch.allclose(euclidean_norm, torch.ones(4, dtype=torch.float64))
+
+
+def test_config_rebuilds_same_network():
+    network = make_network()
+    rebuilt = MaskedFusionTransformer(**network.config).double().eval()
+    rebuilt.load_state_dict(network.state_dict())
+    inputs = random_inputs(network, 2)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+
+    assert torch.equal(network(inputs, mask)[0], rebuilt(inputs, mask)[0])
+    assert network_fingerprint(rebuilt) == network_fingerprint(network)
+
+
+def test_fingerprint_changes_with_weights():
+    network = make_network()
+    before = network_fingerprint(network)
+    with torch.no_grad():
+        network.classifier.bias[0] += 1e-6
+
+    assert network_fingerprint(network) != before
+
+
+def test_mixed_encoders_in_one_network():
+    torch.manual_seed(0)
+    network = MaskedFusionTransformer(
+        [
+            {"name": "cine", "encoder": "image", "kind": "2d+t", "backbone": "resnet10", "widths": [4, 8, 8, 16], "token_grid": [2, 2, 1]},
+            {"name": "clinical", "encoder": "tabular", "categorical_cardinalities": [2, 4], "num_continuous": 3, "dim": 8, "heads": 2},
+        ],
+        num_classes=2,
+        dim=16,
+        heads=4,
+        projection_dim=8,
+    ).eval()
+    inputs = {
+        "cine": torch.randn(2, 1, 32, 32, 4),
+        "clinical": {
+            "categorical": torch.tensor([[0, 3], [1, -1]]),
+            "continuous": torch.randn(2, 3),
+            "missing_values": torch.tensor([[False] * 5, [False, True, False, False, False]]),
+        },
+    }
+
+    logits, embedding = network(inputs, torch.tensor([[True, True], [False, True]]))
+
+    assert network.token_counts == [4, 5]
+    assert logits.shape == (2, 2)
+    assert embedding.shape == (2, 8)
+
+
+@pytest.mark.parametrize(
+    "mask, error, message",
+    [
+        (torch.ones(2, 2, dtype=torch.bool), ValueError, r"present_mask must have shape \(2, 3\) .* got \(2, 2\)"),
+        (torch.ones(2, 3, dtype=torch.long), TypeError, "present_mask must be a bool tensor"),
+    ],
+)
+def test_fuse_rejects_bad_mask(mask, error, message):
+    network = make_network()
+    tokens = network.encode(random_inputs(network, 2))
+
+    with pytest.raises(error, match=message):
+        network.fuse(tokens, mask)
+
+
+def test_fuse_rejects_wrong_token_count():
+    network = make_network()
+
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, 6, D\), got \(2, 5, 16\)"):
+        network.fuse(torch.zeros(2, 5, 16, dtype=torch.float64), torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_encode_names_missing_modality():
+    network = make_network()
+    inputs = random_inputs(network, 2)
+    del inputs["view2"]
+
+    with pytest.raises(KeyError, match="view2"):
+        network.encode(inputs)
+
+
+@pytest.mark.parametrize(
+    "modalities, message",
+    [
+        ([{"name": "a", "encoder": "features", "in_features": 2}] * 2, "unique"),
+        ([{"name": "a", "encoder": "transformer"}], "encoder must be one of"),
+        ([{"name": "a"}], "'name' and 'encoder' keys"),
+        ([{"name": "a", "encoder": "features", "in_features": 2, "depth": 3}], "invalid arguments for the 'features' encoder"),
+        ([], "num_modalities must be between 1 and 16, got 0"),
+    ],
+)
+def test_bad_modality_specifications(modalities, message):
+    with pytest.raises(ValueError, match=message):
+        MaskedFusionTransformer(modalities, num_classes=2, dim=16, heads=4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_classes": 1}, "num_classes must be at least 2"),
+        ({"embedding": "dot"}, "embedding must be one of"),
+        ({"heads": 5}, "divisible"),
+    ],
+)
+def test_bad_network_arguments(kwargs, message):
+    arguments = {"num_classes": 2, "dim": 16, "heads": 4} | kwargs
+
+    with pytest.raises(ValueError, match=message):
+        MaskedFusionTransformer(feature_modalities(2), **arguments)
