@@ -95,7 +95,7 @@ class SelectionResult:
     def to_records(
         self, modality_names: Sequence[str], subject_ids: Sequence[Any] | None = None
     ) -> list[dict[str, Any]]:
-        """One record per subject for a selection report (e.g. ``pandas.DataFrame(records)``).
+        """Build one record per subject for a selection report (e.g. ``pandas.DataFrame(records)``).
 
         Each record has ``subject_id``, the ``present``, ``candidates``, ``admitted`` (in admission
         order) and ``final`` modality names joined by ``+``, ``predicted_class``, ``steps``, and

@@ -78,8 +78,8 @@ def calibration_factor(ics: torch.Tensor, ics_candidate: torch.Tensor, rule: Cal
     """Calibration ``alpha`` ``(B,)`` from the current ICS and the candidate's ICS, both ``(B,)``.
 
     ``alpha`` is 1 whenever the candidate does not lower the ICS, so the divisions below only run
-    where ``0 <= ICS_u < ICS <= 1``; there ``"ratio"`` lies in ``[0, 1)`` and so does ``"log_ratio"``
-    (``ICS_u = 0`` gives 0, and ``ICS = 1`` gives 0 because ``ln 1 = 0``).
+    where ``0 <= ICS_u < ICS <= 1``. There both rules give a value in ``[0, 1)``. For
+    ``"log_ratio"``, ``ICS_u = 0`` gives 0, and ``ICS = 1`` gives 0 because ``ln 1 = 0``.
     """
     if rule not in CALIBRATION_RULES:
         raise ValueError(f"calibration rule must be one of {CALIBRATION_RULES}, got {rule!r}.")
