@@ -166,7 +166,8 @@ class MaskedFusionTransformer(nn.Module):
         self._check_fusion_inputs(tokens, present_mask)
         token_present = present_mask[:, self.token_modality]  # (B, N)
 
-        x = tokens * token_present[..., None].to(tokens.dtype)
+        # torch.where rather than a product, so that a NaN placeholder of an absent modality becomes 0.
+        x = torch.where(token_present[..., None], tokens, torch.zeros_like(tokens))
         x = x + self.modality_embedding.weight[self.token_modality]
         cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
         x = torch.cat([cls, x], dim=1) + self.position_embedding  # (B, 1 + N, D)

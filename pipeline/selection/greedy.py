@@ -15,6 +15,8 @@ Per sample, vectorised over the batch:
    (ties go to the lowest modality index), exactly one per step.
 5. Repeat until no sample is active. The prediction is the output under each sample's final mask.
 
+Rewards within a rounding tolerance of 0 count as exactly 0 (see ``reward_tolerance``).
+
 Cost per batch: one encoder pass (in :meth:`DyMoSelector.__call__`), then one fusion call for the
 start masks and the first step's candidates together, and one fusion call per later step for the
 remaining candidates of the active samples. Steps are at most the number of candidates.
@@ -174,7 +176,12 @@ class DyMoSelector:
         prototypes: prototypes fitted for ``network`` (checked by fingerprint).
         calibration: ``"ratio"``, ``"log_ratio"`` or ``"none"``; see :mod:`pipeline.selection.reward`.
         tau: temperature of the quality softmax (0.1 in the published setting).
-        zero_reward: what happens to a candidate whose reward is exactly 0: ``"keep"`` or ``"drop"``.
+        zero_reward: what happens to a candidate whose reward is 0: ``"keep"`` or ``"drop"``.
+        reward_tolerance: rewards with ``|R| <=`` this value count as exactly 0. The current outputs
+            and a candidate's outputs can come from different fusion calls, whose rows differ by
+            rounding (about 1e-16 in float64), so a candidate that changes nothing would otherwise
+            get a reward of either sign. ``None`` uses ``64 * eps`` of the reward's dtype
+            (1.4e-14 for float64, 7.6e-6 for float32).
         check_fingerprint: set ``False`` only when the network is known to be the fitted one and
             hashing its weights is too slow.
 
@@ -192,6 +199,7 @@ class DyMoSelector:
         calibration: CalibrationRule = "ratio",
         tau: float = DEFAULT_TAU,
         zero_reward: ZeroRewardRule = "keep",
+        reward_tolerance: float | None = None,
         check_fingerprint: bool = True,
     ) -> None:
         if calibration not in CALIBRATION_RULES:
@@ -200,6 +208,8 @@ class DyMoSelector:
             raise ValueError(f"zero_reward must be one of {ZERO_REWARD_RULES}, got {zero_reward!r}.")
         if not tau > 0:
             raise ValueError(f"tau must be positive, got {tau}.")
+        if reward_tolerance is not None and not reward_tolerance >= 0:
+            raise ValueError(f"reward_tolerance must be non-negative or None, got {reward_tolerance}.")
         if list(prototypes.modality_names) != list(network.modality_names):
             raise ValueError(
                 f"the prototypes were fitted for modalities {prototypes.modality_names}, "
@@ -217,6 +227,7 @@ class DyMoSelector:
         self.calibration = calibration
         self.tau = tau
         self.zero_reward = zero_reward
+        self.reward_tolerance = reward_tolerance
 
     def __call__(
         self,
@@ -277,7 +288,7 @@ class DyMoSelector:
             steps: list[SelectionStep] = []
             current: dict[str, torch.Tensor] | None = None
 
-            while True:
+            while current is None or bool(active.any()):
                 pairs = (remaining & active[:, None]).nonzero()  # (C, 2): sample, candidate modality
                 samples, candidates = pairs[:, 0], pairs[:, 1]
                 if current is None:
@@ -288,8 +299,8 @@ class DyMoSelector:
                 if current is None:
                     current = {key: value[:batch_size] for key, value in outputs.items()}
                     outputs = {key: value[batch_size:] for key, value in outputs.items()}
-                if not bool(active.any()):
-                    break
+                    if not bool(active.any()):
+                        break
                 logger.debug("Selection step %d: %d active samples, %d candidates.", len(steps) + 1, int(active.sum()), len(pairs))
 
                 reward = modality_reward(
@@ -299,6 +310,7 @@ class DyMoSelector:
                     outputs["ics"],
                     self.calibration,
                 )
+                reward = torch.where(reward.abs() <= self._zero_tolerance(reward.dtype), torch.zeros_like(reward), reward)
                 rewards = torch.full((batch_size, num_modalities), torch.nan, dtype=reward.dtype, device=reward.device)
                 rewards[pairs[:, 0], pairs[:, 1]] = reward
 
@@ -325,6 +337,11 @@ class DyMoSelector:
             admitted_mask=admitted_mask,
             steps=steps,
         )
+
+    def _zero_tolerance(self, dtype: torch.dtype) -> float:
+        if self.reward_tolerance is not None:
+            return self.reward_tolerance
+        return 64 * torch.finfo(dtype).eps
 
     def _evaluate(
         self,

@@ -61,6 +61,18 @@ def test_unused_modality_content_is_ignored(embedding):
     assert torch.equal(before[1], after[1])
 
 
+def test_nan_placeholder_of_unused_modality_is_ignored():
+    network = make_network()
+    inputs = random_inputs(network, 2)
+    placeholder = dict(inputs, view2=torch.full_like(inputs["view2"], float("nan")))
+    mask = torch.tensor([[1, 1, 0]] * 2, dtype=torch.bool)
+
+    logits, embedding = network(placeholder, mask)
+
+    assert torch.isfinite(logits).all()
+    assert torch.equal(logits, network(inputs, mask)[0])
+
+
 def test_each_sample_uses_its_own_mask():
     network = make_network()
     inputs = random_inputs(network, 3)

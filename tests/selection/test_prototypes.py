@@ -332,3 +332,8 @@ def test_selection_report_records():
     assert records[2]["final"] == "view0+view1+view2"
     for record, final in zip(records, result.present_mask):
         assert record["final"] == "+".join(n for n, used in zip(network.modality_names, final.tolist()) if used)
+
+
+def test_selector_rejects_negative_tolerance():
+    with pytest.raises(ValueError, match="reward_tolerance must be non-negative or None, got -1.0"):
+        fitted_selector(reward_tolerance=-1.0)

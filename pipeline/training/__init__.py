@@ -1,0 +1,28 @@
+"""Training: random modality subsets, the prototype loss, pooled validation and checkpoints."""
+
+from pipeline.training.batch import check_reiterable, unpack_batch
+from pipeline.training.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from pipeline.training.losses import LossTerms, SubsetPrototypeLoss, prototype_similarity
+from pipeline.training.prototypes import ClassPrototypeAccumulator
+from pipeline.training.subset_sampling import available_subsets, sample_subsets
+from pipeline.training.trainer import SubsetTrainer, TrainingHistory
+from pipeline.training.validation import PooledValidation, evaluate_pooled
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "ClassPrototypeAccumulator",
+    "LossTerms",
+    "PooledValidation",
+    "SubsetPrototypeLoss",
+    "SubsetTrainer",
+    "TrainingHistory",
+    "available_subsets",
+    "check_reiterable",
+    "evaluate_pooled",
+    "load_checkpoint",
+    "prototype_similarity",
+    "sample_subsets",
+    "save_checkpoint",
+    "unpack_batch",
+]

@@ -1,0 +1,208 @@
+"""Checkpoints of a :class:`MaskedFusionTransformer`: configuration, weights, prototypes, fingerprint.
+
+A checkpoint is a ``torch.save`` file of a dict that contains only plain Python values and
+tensors, so it loads with ``torch.load(weights_only=True)``, which never runs code from the file:
+
+- ``format``: ``"pipeline.checkpoint"``, and ``version``: 1.
+- ``config``: the network's :attr:`~MaskedFusionTransformer.config`, which rebuilds it.
+- ``state_dict``: the network's weights, on the CPU.
+- ``prototypes``: class prototypes ``(K, P)`` on the CPU, or ``None``.
+- ``fingerprint``: :func:`~pipeline.networks.fingerprint.network_fingerprint` of the saved
+  network, checked again after loading.
+- ``extra``: a dict of plain values chosen by the caller (epoch, metric, ...).
+- ``pipeline_version`` and ``torch_version`` of the writer, for information only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import pipeline
+from pipeline.networks.fingerprint import network_fingerprint
+from pipeline.networks.fusion import MaskedFusionTransformer
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "pipeline.checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_FIELDS: tuple[str, ...] = ("format", "version", "config", "state_dict", "prototypes", "fingerprint", "extra")
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    network: MaskedFusionTransformer,
+    *,
+    prototypes: torch.Tensor | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``network`` and optional prototypes ``(K, P)`` to ``path`` atomically and return the path.
+
+    The file is written to a temporary file in the same folder and then moved over ``path`` with
+    :func:`os.replace`, so a reader sees either the old file or the complete new one. Missing
+    parent folders are created.
+
+    Raises:
+        TypeError: ``network`` is not a :class:`MaskedFusionTransformer`, ``prototypes`` is not a
+            tensor, or ``extra`` contains a value other than ``None``, bool, int, float, str, a
+            tensor, or a list, tuple or dict of these.
+        ValueError: ``prototypes`` does not have shape ``(K, P)`` for the network.
+    """
+    if not isinstance(network, MaskedFusionTransformer):
+        raise TypeError(f"network must be a MaskedFusionTransformer, got {type(network).__name__}.")
+    if prototypes is not None:
+        _check_prototypes(prototypes, network)
+    extra = dict(extra or {})
+    _check_plain_value(extra, "extra")
+
+    contents = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": network.config,
+        "state_dict": {name: tensor.detach().cpu() for name, tensor in network.state_dict().items()},
+        "prototypes": None if prototypes is None else prototypes.detach().cpu(),
+        "fingerprint": network_fingerprint(network),
+        "extra": extra,
+        "pipeline_version": pipeline.__version__,
+        "torch_version": str(torch.__version__),  # torch.__version__ is a str subclass that weights_only rejects
+    }
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(contents, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary_name, path)
+    except BaseException:
+        Path(temporary_name).unlink(missing_ok=True)
+        raise
+    logger.debug("saved checkpoint %s", path)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[MaskedFusionTransformer, dict[str, Any]]:
+    """Rebuild the network stored at ``path`` and return it in eval mode with the file's contents.
+
+    The file is read with ``torch.load(weights_only=True)``. The weights are loaded strictly, and
+    the fingerprint of the rebuilt network must equal the stored one. Tensors in the returned
+    contents (``prototypes`` included) are on ``map_location``, like the network.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a readable checkpoint of this format and version, its
+            configuration or weights do not rebuild the network, or the fingerprint differs. The
+            message names the path and the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    map_location = torch.device(map_location)
+
+    try:
+        contents = torch.load(path, map_location=map_location, weights_only=True)
+    except (PermissionError, IsADirectoryError):
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        # A damaged archive surfaces as RuntimeError, EOFError or OSError (EINVAL) from torch's reader.
+        raise ValueError(f"{path} is not a readable checkpoint: {_summarise_load_error(error)}") from error
+    _check_contents(path, contents)
+
+    try:
+        # Building the network draws initial weights; fork the RNG so loading leaves the caller's state alone.
+        with torch.random.fork_rng(devices=[]):
+            network = MaskedFusionTransformer(**contents["config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: field 'config' does not build a MaskedFusionTransformer: {error}") from error
+    try:
+        network.load_state_dict(contents["state_dict"], strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{path}: field 'state_dict' does not match the network built from 'config': {error}"
+        ) from error
+
+    fingerprint = network_fingerprint(network)
+    if fingerprint != contents["fingerprint"]:
+        raise ValueError(
+            f"{path}: field 'fingerprint' is {contents['fingerprint']!r}, but the loaded network has "
+            f"fingerprint {fingerprint!r}. The weights or the configuration were changed after the file "
+            "was written."
+        )
+    if contents["prototypes"] is not None:
+        try:
+            _check_prototypes(contents["prototypes"], network, source=f"{path}: field 'prototypes'")
+        except TypeError as error:
+            raise ValueError(str(error)) from error
+    return network.to(map_location).eval(), contents
+
+
+def _check_contents(path: Path, contents: Any) -> None:
+    if not isinstance(contents, dict):
+        raise ValueError(f"{path} is not a checkpoint: it contains a {type(contents).__name__}, not a dict.")
+    if contents.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a checkpoint: field 'format' is {contents.get('format')!r}, expected {CHECKPOINT_FORMAT!r}."
+        )
+    if contents.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: field 'version' is {contents.get('version')!r}, but only version "
+            f"{CHECKPOINT_VERSION} can be read."
+        )
+    missing = [field for field in REQUIRED_FIELDS if field not in contents]
+    if missing:
+        raise ValueError(f"{path} is not a complete checkpoint: fields {missing} are missing.")
+
+    expected_types = {"config": dict, "state_dict": dict, "fingerprint": str, "extra": dict}
+    for field, expected in expected_types.items():
+        if not isinstance(contents[field], expected):
+            raise ValueError(
+                f"{path}: field {field!r} must be a {expected.__name__}, got {type(contents[field]).__name__}."
+            )
+
+
+def _check_prototypes(prototypes: Any, network: MaskedFusionTransformer, source: str = "prototypes") -> None:
+    expected = (network.num_classes, network.config["projection_dim"])
+    if not isinstance(prototypes, torch.Tensor):
+        raise TypeError(f"{source} must be a tensor of shape {expected}, got {type(prototypes).__name__}.")
+    if tuple(prototypes.shape) != expected:
+        raise ValueError(f"{source} must have shape {expected} (K, P) for this network, got {tuple(prototypes.shape)}.")
+
+
+def _summarise_load_error(error: BaseException) -> str:
+    """Return the line of a ``torch.load`` error that gives the cause, without its advice to disable weights_only."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error"):
+            return line
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_plain_value(value: Any, where: str) -> None:
+    """Raise ``TypeError`` unless ``value`` is something ``torch.load(weights_only=True)`` reads back."""
+    # Exact types, because subclasses (numpy.float64 of float, TorchVersion of str) are rejected on loading.
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
+        return
+    if type(value) in (list, tuple):
+        for index, item in enumerate(value):
+            _check_plain_value(item, f"{where}[{index}]")
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            _check_plain_value(key, f"{where} key {key!r}")
+            _check_plain_value(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, but a checkpoint stores only None, bool, int, float, str, "
+        "tensors, and lists, tuples or dicts of these."
+    )
