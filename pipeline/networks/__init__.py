@@ -1,5 +1,6 @@
 """Networks: modality encoders, the tabular tokeniser and the masked fusion transformer."""
 
+from pipeline.networks.batch import check_reiterable, unpack_batch
 from pipeline.networks.feature_encoder import FeatureEncoder
 from pipeline.networks.fingerprint import network_fingerprint
 from pipeline.networks.fusion import ENCODERS, MaskedFusionTransformer
@@ -14,8 +15,10 @@ __all__ = [
     "MaskedFusionTransformer",
     "TabularTokenizer",
     "all_subsets",
+    "check_reiterable",
     "describe_subset",
     "mask_to_subset_index",
     "network_fingerprint",
     "subset_index_to_mask",
+    "unpack_batch",
 ]

@@ -1,6 +1,5 @@
 """Training: random modality subsets, the prototype loss, pooled validation and checkpoints."""
 
-from pipeline.training.batch import check_reiterable, unpack_batch
 from pipeline.training.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from pipeline.training.losses import LossTerms, SubsetPrototypeLoss, prototype_similarity
 from pipeline.training.prototypes import ClassPrototypeAccumulator
@@ -18,11 +17,9 @@ __all__ = [
     "SubsetTrainer",
     "TrainingHistory",
     "available_subsets",
-    "check_reiterable",
     "evaluate_pooled",
     "load_checkpoint",
     "prototype_similarity",
     "sample_subsets",
     "save_checkpoint",
-    "unpack_batch",
 ]

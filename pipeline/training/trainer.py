@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pipeline.networks.fusion import MaskedFusionTransformer
-from pipeline.training.batch import check_reiterable, unpack_batch
+from pipeline.networks.batch import check_reiterable, unpack_batch
 from pipeline.training.checkpoint import save_checkpoint
 from pipeline.training.losses import LossTerms, SubsetPrototypeLoss
 from pipeline.training.prototypes import ClassPrototypeAccumulator
@@ -175,7 +175,7 @@ class SubsetTrainer:
 
         Raises:
             TypeError: a batch source is a one-shot iterator, or a batch has the wrong types
-                (see :func:`~pipeline.training.batch.unpack_batch`).
+                (see :func:`~pipeline.networks.batch.unpack_batch`).
             ValueError: a batch does not match the network, or no training batch has a sample
                 with a present modality.
             FloatingPointError: the training loss is not finite. The weights are left as they

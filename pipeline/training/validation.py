@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.networks.fusion import MaskedFusionTransformer
 from pipeline.networks.subsets import all_subsets
-from pipeline.training.batch import unpack_batch
+from pipeline.networks.batch import unpack_batch
 from pipeline.training.subset_sampling import available_subsets
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Tiny networks and synthetic batches shared by the training tests."""
+"""Tiny networks and synthetic batches shared by the tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batch format shared by training and validation, and the one function that reads it.
+"""Batch format shared by training, validation and prototype fitting, and the one function that reads it.
 
 A batch is a mapping with one entry per modality name (a tensor, or for a tabular modality a
 mapping with ``categorical``, ``continuous`` and ``missing_values``), a presence mask

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.training.batch import check_reiterable, unpack_batch
+from pipeline.networks.batch import check_reiterable, unpack_batch
 
 
 def test_unpack_batch_splits_inputs(network_factory, batch_factory):
