@@ -3,11 +3,11 @@
 A batch is a mapping with one entry per modality name (a tensor, or for a tabular modality a
 mapping with ``categorical``, ``continuous`` and ``missing_values``), a presence mask
 ``(B, M)`` bool (``True`` = the subject has the modality) and class labels ``(B,)``. A modality
-the subject lacks still needs a placeholder input of the right shape, because the network
-encodes every modality and masks the absent ones during fusion. The placeholder must be finite
-(zeros, for example): a NaN placeholder makes the network's output NaN even when its modality is
-masked. A ``torch.utils.data.DataLoader`` with the default collate function produces such
-batches from per-subject dicts.
+the subject lacks still needs a placeholder input of the right shape so that the batch collates.
+Training, validation and prototype fitting pass the presence mask to
+:meth:`~pipeline.networks.fusion.MaskedFusionTransformer.encode`, which never runs an encoder on
+a placeholder, so any value works (zeros are usual). A ``torch.utils.data.DataLoader`` with the
+default collate function produces such batches from per-subject dicts.
 
 Shape letters: ``B`` batch, ``M`` modalities.
 """

@@ -39,11 +39,12 @@ class MaskedFusionTransformer(nn.Module):
     The forward pass has three stages that can be called alone:
 
     1. :meth:`encode`: run each modality's encoder, project its tokens to width ``D`` and apply a
-       per-modality LayerNorm. Encoders never see the presence mask, so one call serves every
-       subset of modalities.
-    2. :meth:`fuse`: zero the tokens of unused modalities, add a modality embedding, prepend one
-       CLS token, add a positional embedding and run pre-norm transformer blocks in which no token
-       attends to an unused modality (the CLS token is never masked). Returns the CLS output.
+       per-modality LayerNorm. A row's tokens do not depend on which other modalities are used,
+       so one call serves every subset of modalities. Given a presence mask, it skips absent rows.
+    2. :meth:`fuse`: replace the tokens of unused modalities by zeros, add a modality embedding,
+       prepend one CLS token and add a positional embedding. Then run pre-norm transformer blocks
+       in which no token attends to an unused modality; the CLS token is never masked. Returns
+       the CLS output.
     3. :meth:`classify`: a classifier head gives logits and a projection head gives the embedding
        used by prototypes, L2-normalised when ``embedding == "cosine"``.
 
@@ -78,7 +79,16 @@ class MaskedFusionTransformer(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(modalities, (str, Mapping)) or not isinstance(modalities, Sequence):
+            raise TypeError(
+                f"modalities must be a list of modality specifications (one mapping each), got {type(modalities).__name__}."
+            )
         check_num_modalities(len(modalities))
+        for name, value in (("dim", dim), ("projection_dim", projection_dim), ("heads", heads), ("depth", depth)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "depth" else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if name == 'depth' else 'positive'} int, got {value!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
         if embedding not in EMBEDDING_KINDS:
@@ -127,14 +137,18 @@ class MaskedFusionTransformer(nn.Module):
         self.classifier = nn.Linear(dim, num_classes)
         self.projection = nn.Linear(dim, projection_dim)
 
-    def encode(self, inputs: Mapping[str, ModalityInput]) -> torch.Tensor:
+    def encode(self, inputs: Mapping[str, ModalityInput], present_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encode every modality once and join the tokens.
 
         Args:
             inputs: per modality name, a tensor (passed to the encoder as its only argument) or a
                 mapping of keyword arguments (the tabular tokeniser's ``categorical``,
                 ``continuous``, ``missing_values``). Absent modalities still need a placeholder
-                input of the right shape; :meth:`fuse` masks them.
+                input of the right shape.
+            present_mask: ``(B, M)`` bool, optional. When given, each encoder runs only on the rows
+                where its modality is present and the other rows get zero tokens. So placeholders
+                never reach an encoder: they cannot shift BatchNorm statistics in training, and a
+                NaN placeholder cannot turn gradients into NaN.
 
         Returns:
             Tokens ``(B, N, D)``, modality ``j`` occupying the positions where
@@ -143,8 +157,15 @@ class MaskedFusionTransformer(nn.Module):
         missing = [name for name in self.modality_names if name not in inputs]
         if missing:
             raise KeyError(f"inputs has no entry for modalities {missing}; it has {sorted(inputs)}.")
+        batch_size = _check_batch_sizes({name: inputs[name] for name in self.modality_names})
+        if present_mask is not None:
+            self._check_mask(present_mask, batch_size)
 
-        return torch.cat([self.encode_modality(name, inputs[name]) for name in self.modality_names], dim=1)
+        tokens = []
+        for index, name in enumerate(self.modality_names):
+            rows = None if present_mask is None else present_mask[:, index]
+            tokens.append(self._encode_rows(name, inputs[name], rows, batch_size))
+        return torch.cat(tokens, dim=1)
 
     def encode_modality(self, name: str, value: ModalityInput) -> torch.Tensor:
         """Encode one modality's input into its projected tokens ``(B, N_j, D)``."""
@@ -152,8 +173,26 @@ class MaskedFusionTransformer(nn.Module):
             raise KeyError(f"unknown modality {name!r}; the network has {self.modality_names}.")
         index = self.modality_names.index(name)
         encoder = self.encoders[index]
-        encoded = encoder(**value) if isinstance(value, Mapping) else encoder(value)  # (B, N_j, F_j)
+        try:
+            encoded = encoder(**value) if isinstance(value, Mapping) else encoder(value)  # (B, N_j, F_j)
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise ValueError(
+                f"modality {name!r}: the {self.config['modalities'][index]['encoder']!r} encoder failed on an input of "
+                f"{_describe_input(value)}: {error}"
+            ) from error
         return self.token_projections[index](encoded)
+
+    def _encode_rows(self, name: str, value: ModalityInput, rows: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """Encode ``value`` on the ``rows`` ``(B,)`` that are True and return zero tokens ``(B, N_j, D)`` elsewhere."""
+        if rows is None or bool(rows.all()):
+            return self.encode_modality(name, value)
+
+        index = self.modality_names.index(name)
+        weight = self.token_projections[index][0].weight
+        tokens = weight.new_zeros(batch_size, self.token_counts[index], weight.shape[0])
+        if bool(rows.any()):
+            tokens[rows] = self.encode_modality(name, _select_rows(value, rows))
+        return tokens
 
     def token_slice(self, name: str) -> slice:
         """Positions of modality ``name`` in the joined token sequence ``(B, N, D)``."""
@@ -195,13 +234,49 @@ class MaskedFusionTransformer(nn.Module):
         num_tokens = int(self.token_modality.numel())
         if tokens.dim() != 3 or tokens.shape[1] != num_tokens:
             raise ValueError(f"tokens must have shape (B, {num_tokens}, D), got {tuple(tokens.shape)}.")
-        if present_mask.dtype != torch.bool:
-            raise TypeError(f"present_mask must be a bool tensor, got dtype {present_mask.dtype}.")
-        if tuple(present_mask.shape) != (tokens.shape[0], self.num_modalities):
+        self._check_mask(present_mask, tokens.shape[0])
+
+    def _check_mask(self, present_mask: torch.Tensor, batch_size: int) -> None:
+        if not isinstance(present_mask, torch.Tensor) or present_mask.dtype != torch.bool:
+            kind = present_mask.dtype if isinstance(present_mask, torch.Tensor) else type(present_mask).__name__
+            raise TypeError(f"present_mask must be a bool tensor, got {kind}.")
+        if tuple(present_mask.shape) != (batch_size, self.num_modalities):
             raise ValueError(
-                f"present_mask must have shape ({tokens.shape[0]}, {self.num_modalities}) for "
+                f"present_mask must have shape ({batch_size}, {self.num_modalities}) for "
                 f"modalities {self.modality_names}, got {tuple(present_mask.shape)}."
             )
+
+
+def _batch_size_of(value: ModalityInput) -> int | None:
+    if isinstance(value, torch.Tensor):
+        return value.shape[0] if value.dim() else None
+    sizes = [item.shape[0] for item in value.values() if isinstance(item, torch.Tensor) and item.dim()]
+    return sizes[0] if sizes else None
+
+
+def _check_batch_sizes(inputs: Mapping[str, ModalityInput]) -> int:
+    """Return the common batch size of the modality inputs, or raise ``ValueError`` listing them."""
+    sizes = {name: _batch_size_of(value) for name, value in inputs.items()}
+    distinct = set(sizes.values())
+    if len(distinct) != 1 or None in distinct:
+        raise ValueError(f"every modality input must have the same batch size B in dimension 0, got {sizes}.")
+    return distinct.pop()
+
+
+def _select_rows(value: ModalityInput, rows: torch.Tensor) -> ModalityInput:
+    if isinstance(value, torch.Tensor):
+        return value[rows]
+    return {key: item[rows] if isinstance(item, torch.Tensor) else item for key, item in value.items()}
+
+
+def _describe_input(value: ModalityInput) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"shape {tuple(value.shape)} and dtype {value.dtype}"
+    parts = [
+        f"{key} {tuple(item.shape)} {item.dtype}" if isinstance(item, torch.Tensor) else f"{key} {type(item).__name__}"
+        for key, item in value.items()
+    ]
+    return "fields " + ", ".join(parts)
 
 
 def _build_encoder(index: int, spec: Mapping[str, Any]) -> tuple[str, nn.Module]:

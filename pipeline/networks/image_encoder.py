@@ -42,6 +42,11 @@ class ImageEncoder(nn.Module):
 
     Output: tokens ``(B, N, F)`` with ``N = prod(token_grid)`` and ``F = out_features``.
 
+    The ResNet uses BatchNorm, so a training batch needs at least 2 images of this modality.
+
+    NOTE: MONAI 1.6.1's ``ResNet`` applies its ``norm`` argument to the first layer only (the
+    residual stages always build BatchNorm), so this encoder offers no other normalisation.
+
     Args:
         kind: ``"2d"``, ``"2d+t"`` or ``"3d"``.
         in_channels: channels ``C`` of the input.
@@ -67,6 +72,8 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"backbone must be one of {sorted(RESNET_LAYOUTS)}, got {backbone!r}.")
         if len(widths) != 4 or min(widths) < 1:
             raise ValueError(f"widths must be 4 positive channel counts, got {list(widths)}.")
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}.")
         spatial_dims = 2 if kind == "2d" else 3
         if len(token_grid) != spatial_dims or min(token_grid) < 1:
             raise ValueError(
@@ -91,6 +98,7 @@ class ImageEncoder(nn.Module):
             conv1_t_stride=first_stride,
             feed_forward=False,
         )
+        self.uses_batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in self.resnet.modules())
         pool = nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d
         self.token_pool = pool(tuple(token_grid))
         self.num_tokens = int(torch.tensor(list(token_grid)).prod())
@@ -102,6 +110,11 @@ class ImageEncoder(nn.Module):
             raise ValueError(
                 f"ImageEncoder(kind={self.kind!r}) expects a {self.spatial_dims + 2}-D input "
                 f"(B, C, *spatial), got shape {tuple(image.shape)}."
+            )
+        if self.training and self.uses_batch_norm and image.shape[0] < 2:
+            raise ValueError(
+                f"ImageEncoder with BatchNorm got a training batch of {image.shape[0]} image(s) and needs at least 2. "
+                "Use drop_last=True in the DataLoader so that no batch holds a single subject with this modality."
             )
         net = self.resnet
         x = net.act(net.bn1(net.conv1(image)))

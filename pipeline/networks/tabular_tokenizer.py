@@ -24,8 +24,10 @@ class TabularTokenizer(nn.Module):
     Forward inputs, categorical columns first in every tensor that spans all columns:
 
     - ``categorical``: ``(B, C_cat)`` integer levels in ``[0, cardinality)``; entries marked
-      missing may hold any value (``-1`` is common).
-    - ``continuous``: ``(B, C_num)`` float values, already normalised; missing entries may be NaN.
+      missing may hold any value (``-1`` is common). An observed level outside that range raises
+      ``ValueError``.
+    - ``continuous``: ``(B, C_num)`` float values, already normalised; missing entries may be NaN,
+      and an observed non-finite value raises ``ValueError``.
     - ``missing_values``: ``(B, N)`` bool, ``True`` where the value is absent. ``None`` means
       every value is observed.
 
@@ -136,4 +138,39 @@ class TabularTokenizer(nn.Module):
                 raise ValueError(
                     f"missing_values must have shape ({batch_size}, {self.num_tokens}), got {tuple(missing_values.shape)}."
                 )
+        observed = (
+            torch.ones(batch_size, self.num_tokens, dtype=torch.bool, device=reference.device)
+            if missing_values is None
+            else ~missing_values
+        )
+        if self.num_categorical:
+            self._check_levels(categorical, observed[:, : self.num_categorical])
+        if self.num_continuous:
+            self._check_continuous(continuous, observed[:, self.num_categorical :])
         return batch_size
+
+    def _check_levels(self, categorical: torch.Tensor, observed: torch.Tensor) -> None:
+        """Reject non-integer levels and observed levels outside ``[0, cardinality)``."""
+        if categorical.dtype.is_floating_point or categorical.dtype.is_complex or categorical.dtype == torch.bool:
+            raise TypeError(
+                f"categorical must be an integer tensor of level indices, got dtype {categorical.dtype}. "
+                "Encode each category as its index in the column's list of levels."
+            )
+        invalid = observed & ((categorical < 0) | (categorical > self.category_max.to(categorical.device)))
+        if bool(invalid.any()):
+            row, column = invalid.nonzero()[0].tolist()
+            raise ValueError(
+                f"categorical column {column} has level {int(categorical[row, column])} in row {row}, outside "
+                f"[0, {int(self.category_max[column]) + 1}). Mark the value in missing_values if it is absent, "
+                "or refit the column's levels."
+            )
+
+    def _check_continuous(self, continuous: torch.Tensor, observed: torch.Tensor) -> None:
+        """Reject non-finite values that ``missing_values`` does not mark as absent."""
+        invalid = observed & ~torch.isfinite(continuous)
+        if bool(invalid.any()):
+            row, column = invalid.nonzero()[0].tolist()
+            raise ValueError(
+                f"continuous column {column} is {float(continuous[row, column])} in row {row} but not marked in "
+                "missing_values. Mark absent values there."
+            )

@@ -202,6 +202,13 @@ class DyMoSelector:
         reward_tolerance: float | None = None,
         check_fingerprint: bool = True,
     ) -> None:
+        if not isinstance(network, MaskedFusionTransformer):
+            raise TypeError(f"network must be a MaskedFusionTransformer, got {type(network).__name__}.")
+        if not isinstance(prototypes, SubsetPrototypes):
+            raise TypeError(
+                f"prototypes must be SubsetPrototypes, got {type(prototypes).__name__}; "
+                "load a file with SubsetPrototypes.load(path, network)."
+            )
         if calibration not in CALIBRATION_RULES:
             raise ValueError(f"calibration must be one of {CALIBRATION_RULES}, got {calibration!r}.")
         if zero_reward not in ZERO_REWARD_RULES:
@@ -248,8 +255,14 @@ class DyMoSelector:
                 Such a modality starts in this state and, when admitted as a candidate, switches to
                 its recovered input from ``inputs``.
         """
+        _check_mask_type(present_mask, "present_mask")
+        if candidate_mask is None:
+            candidate_mask = ~present_mask
+        _check_mask_type(candidate_mask, "candidate_mask")
         with torch.no_grad(), _evaluation_mode(self.network):
-            tokens = self.network.encode(inputs)
+            # Modalities neither present nor candidates are never encoded, so their placeholders may be anything.
+            used = present_mask | candidate_mask if present_mask.shape == candidate_mask.shape else None
+            tokens = self.network.encode(inputs, used)
             observed_tokens = None
             if observed_inputs:
                 observed_tokens = tokens.clone()
@@ -274,6 +287,7 @@ class DyMoSelector:
             observed_tokens: ``(B, N, D)`` tokens as observed, required when a modality is both
                 present and a candidate; those samples start from these tokens for that modality.
         """
+        _check_mask_type(present_mask, "present_mask")
         if candidate_mask is None:
             candidate_mask = ~present_mask
         self._check_selection_inputs(tokens, present_mask, candidate_mask, observed_tokens)
@@ -368,7 +382,7 @@ class DyMoSelector:
             pair_tokens = torch.where(use_recovered[..., None], pair_tokens, observed_tokens[samples])
 
         logits, embedding = self.network.classify(self.network.fuse(pair_tokens, masks))
-        subset_index = self.prototypes.subset_indices(masks)
+        subset_index = self.prototypes.subset_indices(masks, samples)
         return {
             "logits": logits,
             "embedding": embedding,
@@ -385,8 +399,7 @@ class DyMoSelector:
     ) -> None:
         num_modalities = self.network.num_modalities
         for name, mask in (("present_mask", present_mask), ("candidate_mask", candidate_mask)):
-            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-                raise TypeError(f"{name} must be a bool tensor, got {getattr(mask, 'dtype', type(mask))}.")
+            _check_mask_type(mask, name)
             if mask.dim() != 2 or mask.shape != (tokens.shape[0], num_modalities):
                 raise ValueError(
                     f"{name} must have shape (B, M) = ({tokens.shape[0]}, {num_modalities}) for modalities "
@@ -409,6 +422,26 @@ class DyMoSelector:
             raise ValueError(
                 f"observed_tokens must have the shape of tokens {tuple(tokens.shape)}, got {tuple(observed_tokens.shape)}."
             )
+        self._check_finite(tokens, candidate_mask, "recovered")
+        self._check_finite(tokens if observed_tokens is None else observed_tokens, present_mask, "observed")
+
+    def _check_finite(self, tokens: torch.Tensor, used: torch.Tensor, state: str) -> None:
+        """Raise ``ValueError`` if a modality that selection may use has non-finite tokens."""
+        finite = torch.isfinite(tokens).all(dim=-1)  # (B, N)
+        bad = used[:, self.network.token_modality] & ~finite  # (B, N)
+        if bool(bad.any()):
+            sample, position = bad.nonzero()[0].tolist()
+            name = self.network.modality_names[int(self.network.token_modality[position])]
+            raise ValueError(
+                f"the {state} input of modality {name!r} gives non-finite tokens for sample {sample} of the batch "
+                "(NaN or infinite values in the input, or an overflow). Check that input, or mark the modality absent."
+            )
+
+
+def _check_mask_type(mask: Any, name: str) -> None:
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"{name} must be a bool tensor, got {kind}.")
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.networks.batch import unpack_batch
 from pipeline.networks.fingerprint import network_fingerprint
 from pipeline.networks.fusion import MaskedFusionTransformer
 from pipeline.networks.subsets import all_subsets, describe_subset, mask_to_subset_index
@@ -89,8 +90,12 @@ class SubsetPrototypes:
                 f"fingerprint is {actual[:16]}...; refit them with fit_subset_prototypes for this network."
             )
 
-    def subset_indices(self, present_mask: torch.Tensor) -> torch.Tensor:
-        """Map presence masks ``(B, M)`` to subset indices ``(B,)``, rejecting unfitted or empty subsets."""
+    def subset_indices(self, present_mask: torch.Tensor, sample_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Map presence masks ``(B, M)`` to subset indices ``(B,)``, rejecting unfitted or empty subsets.
+
+        ``sample_ids`` ``(B,)`` gives the batch row each mask belongs to, for the error message;
+        it defaults to the mask's own row.
+        """
         if present_mask.dtype != torch.bool or present_mask.dim() != 2 or present_mask.shape[1] != self.num_modalities:
             raise ValueError(
                 f"present_mask must be a bool tensor of shape (B, {self.num_modalities}), "
@@ -100,10 +105,12 @@ class SubsetPrototypes:
         usable = (indices >= 0) & self.fitted.to(indices.device)[indices.clamp(min=0)]
         if not bool(usable.all()):
             row = int((~usable).nonzero()[0, 0])
+            sample = row if sample_ids is None else int(sample_ids[row])
             subset = describe_subset(present_mask[row], self.modality_names)
             raise ValueError(
-                f"subset {subset} (sample {row} of the batch) has no fitted prototype; fitted subsets are "
-                f"{self.describe_fitted()}. Fit prototypes on training data that contains this subset."
+                f"subset {subset} (needed for sample {sample} of the batch) has no fitted prototype; fitted "
+                f"subsets are {self.describe_fitted()}. Fit prototypes on training data that contains this "
+                "subset, or leave that modality out of the sample's candidates."
             )
         return indices
 
@@ -128,6 +135,7 @@ class SubsetPrototypes:
         os.close(handle)
         try:
             torch.save(contents, temporary)
+            os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates files readable by the owner only
             os.replace(temporary, path)
         finally:
             if os.path.exists(temporary):
@@ -142,12 +150,17 @@ class SubsetPrototypes:
             ValueError: the file is not a prototypes file of this version, or belongs to another network.
         """
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory, expected a prototypes file.")
         if not path.is_file():
             raise FileNotFoundError(f"prototypes file not found: {path}")
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path} is not a readable prototypes file: the file is empty.")
         try:
             contents = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for corrupt or unsafe files
-            raise ValueError(f"{path} is not a readable prototypes file: {error}") from error
+            reason = f"{type(error).__name__}: {error}".rstrip(": ")
+            raise ValueError(f"{path} is not a readable prototypes file ({reason}).") from error
 
         if not isinstance(contents, dict) or contents.get("format") != FILE_FORMAT:
             raise ValueError(f"{path} is not a prototypes file (expected format {FILE_FORMAT!r}).")
@@ -259,9 +272,11 @@ def fit_subset_prototypes(
     embeddings, labels, available = [], [], []
     try:
         for batch in batches:
-            present = batch[present_key].to(device)
-            inputs = {name: _to_device(batch[name], device) for name in network.modality_names}
-            tokens = network.encode(inputs)  # (B, N, D)
+            inputs, present, batch_labels = unpack_batch(
+                batch, network, present_key=present_key, label_key=label_key, device=device
+            )
+            present = present.to(device)
+            tokens = network.encode(inputs, present)  # (B, N, D); absent modalities give zero tokens
             batch_size = tokens.shape[0]
 
             masks = subsets[:, None, :].expand(num_subsets, batch_size, -1).reshape(-1, subsets.shape[1])
@@ -269,7 +284,7 @@ def fit_subset_prototypes(
             _, embedding = network.classify(network.fuse(repeated, masks))
 
             embeddings.append(embedding.view(num_subsets, batch_size, -1))
-            labels.append(batch[label_key].to(device).long())
+            labels.append(batch_labels.to(device))
             available.append((subsets[:, None, :] <= present[None, :, :]).all(dim=-1))  # s within present
     finally:
         network.train(was_training)
@@ -300,7 +315,8 @@ def fit_subset_prototypes(
     )
 
 
-def _to_device(value: Any, device: torch.device | str) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _to_device(item, device) for key, item in value.items()}
-    return value.to(device) if isinstance(value, torch.Tensor) else value
+def _current_umask() -> int:
+    """Return the process umask; reading it requires setting it, so it is restored at once."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -142,3 +142,53 @@ def test_feature_encoder_shape_and_error():
     assert encoder(torch.randn(2, 5)).shape == (2, 3, 4)
     with pytest.raises(ValueError, match=r"got \(2, 5, 1\)"):
         encoder(torch.randn(2, 5, 1))
+
+
+@pytest.mark.parametrize(
+    "inputs, error, message",
+    [
+        (
+            {"categorical": torch.tensor([[1, 3]]), "continuous": torch.zeros(1, 2)},
+            ValueError,
+            r"categorical column 1 has level 3 in row 0, outside \[0, 3\)",
+        ),
+        (
+            {"categorical": torch.tensor([[-1, 0]]), "continuous": torch.zeros(1, 2)},
+            ValueError,
+            "categorical column 0 has level -1 in row 0",
+        ),
+        (
+            {"categorical": torch.tensor([[1.0, 0.0]]), "continuous": torch.zeros(1, 2)},
+            TypeError,
+            "categorical must be an integer tensor of level indices, got dtype torch.float32",
+        ),
+        (
+            {"categorical": torch.tensor([[1, 0]]), "continuous": torch.tensor([[0.0, float("nan")]])},
+            ValueError,
+            "continuous column 1 is nan in row 0 but not marked in missing_values",
+        ),
+    ],
+)
+def test_tabular_rejects_unmarked_invalid_values(inputs, error, message):
+    with pytest.raises(error, match=message):
+        make_tokenizer()(**inputs)
+
+
+def test_tabular_accepts_invalid_values_marked_missing():
+    missing = torch.tensor([[False, True, False, True]])
+
+    tokens = make_tokenizer()(torch.tensor([[1, 7]]), torch.tensor([[0.0, float("inf")]]), missing)
+
+    assert torch.isfinite(tokens).all()
+
+
+def test_batch_norm_encoder_rejects_single_training_image():
+    encoder = ImageEncoder(kind="2d", backbone="resnet10", widths=(4, 4, 4, 4), token_grid=(1, 1)).train()
+
+    with pytest.raises(ValueError, match="training batch of 1 image.*drop_last=True"):
+        encoder(torch.randn(1, 1, 32, 32))
+
+
+def test_image_encoder_rejects_zero_channels():
+    with pytest.raises(ValueError, match="in_channels must be a positive int, got 0"):
+        ImageEncoder(in_channels=0)

@@ -205,6 +205,9 @@ def test_bad_modality_specifications(modalities, message):
         ({"num_classes": 1}, "num_classes must be at least 2"),
         ({"embedding": "dot"}, "embedding must be one of"),
         ({"heads": 5}, "divisible"),
+        ({"projection_dim": 0}, "projection_dim must be a positive int, got 0"),
+        ({"depth": -1}, "depth must be a non-negative int, got -1"),
+        ({"dropout": 1.5}, r"dropout must be in \[0, 1\), got 1.5"),
     ],
 )
 def test_bad_network_arguments(kwargs, message):
@@ -212,3 +215,68 @@ def test_bad_network_arguments(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         MaskedFusionTransformer(feature_modalities(2), **arguments)
+
+
+def test_modalities_given_as_mapping_rejected():
+    with pytest.raises(TypeError, match="modalities must be a list of modality specifications"):
+        MaskedFusionTransformer({"name": "a", "encoder": "features", "in_features": 2}, num_classes=2, dim=16, heads=4)
+
+
+def test_encode_with_mask_zeroes_absent_rows():
+    network = make_network()
+    inputs = random_inputs(network, 4)
+    inputs["view1"][1] = float("nan")
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+
+    tokens = network.encode(inputs, mask)
+    reference = network.encode(inputs | {"view1": inputs["view1"].nan_to_num()})
+
+    for name in network.modality_names:
+        positions = network.token_slice(name)
+        present = mask[:, network.modality_names.index(name)]
+        assert torch.equal(tokens[~present, positions], torch.zeros_like(tokens[~present, positions]))
+        torch.testing.assert_close(tokens[present, positions], reference[present, positions], rtol=0, atol=1e-12)
+    assert torch.isfinite(tokens).all()
+
+
+def test_encode_with_mask_skips_encoder_without_present_row():
+    network = make_network()
+    calls = []
+    network.encoders[2].register_forward_hook(lambda module, args, output: calls.append(1))
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+
+    tokens = network.encode(random_inputs(network, 2), mask)
+
+    assert calls == []
+    assert torch.equal(tokens[:, network.token_slice("view2")], torch.zeros(2, 3, 16, dtype=torch.float64))
+
+
+def test_encode_keeps_placeholder_out_of_batch_norm_statistics():
+    torch.manual_seed(0)
+    modality = {"name": "image", "encoder": "image", "kind": "2d", "backbone": "resnet10", "widths": [4, 4, 4, 4], "token_grid": [1, 1]}
+    network = MaskedFusionTransformer([modality], num_classes=2, dim=8, heads=2).train()
+    images = torch.randn(4, 1, 32, 32)
+    mask = torch.tensor([[True], [True], [True], [False]])
+
+    with_placeholder = network.encode({"image": torch.cat([images[:3], torch.zeros(1, 1, 32, 32)])}, mask)
+    present_only = network.encode({"image": images[:3]})
+
+    torch.testing.assert_close(with_placeholder[:3], present_only)
+
+
+def test_encode_names_modality_when_encoder_fails():
+    network = make_network()
+    inputs = random_inputs(network, 2)
+    inputs["view1"] = torch.zeros(2, 7, dtype=torch.float64)
+
+    with pytest.raises(ValueError, match=r"modality 'view1': the 'features' encoder failed on an input of shape \(2, 7\)"):
+        network.encode(inputs)
+
+
+def test_encode_rejects_mixed_batch_sizes():
+    network = make_network()
+    inputs = random_inputs(network, 2)
+    inputs["view0"] = inputs["view0"][:1]
+
+    with pytest.raises(ValueError, match="same batch size B .*'view0': 1, 'view1': 2"):
+        network.encode(inputs)

@@ -1,6 +1,8 @@
 """Prototype and spread fitting against numpy, the reward terms by hand, and the selector's errors."""
 
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -234,7 +236,7 @@ def test_load_corrupt_file(tmp_path):
     path = tmp_path / "corrupt.pt"
     path.write_bytes(b"not a torch file")
 
-    with pytest.raises(ValueError, match="corrupt.pt is not a readable prototypes file"):
+    with pytest.raises(ValueError, match=r"corrupt.pt is not a readable prototypes file \(\w+"):
         SubsetPrototypes.load(path)
 
 
@@ -268,14 +270,18 @@ def test_selector_rejects_unfitted_subset():
     selector = DyMoSelector(network, prototypes)
     inputs = make_batch(network, batch_size=2)
 
-    with pytest.raises(ValueError, match=r"subset \{view0, view2\} .* has no fitted prototype"):
-        selector(inputs, torch.tensor([[True, False, False], [True, False, False]]))
+    with pytest.raises(ValueError, match=r"subset \{view0, view2\} \(needed for sample 1 of the batch\) has no fitted prototype"):
+        selector(
+            inputs,
+            torch.tensor([[True, True, False], [True, False, False]]),
+            torch.tensor([[False, False, False], [False, False, True]]),
+        )
 
 
 @pytest.mark.parametrize(
     "present, candidates, error, message",
     [
-        (torch.ones(2, 2, dtype=torch.bool), None, ValueError, r"present_mask must have shape \(B, M\) = \(2, 3\) .* got \(2, 2\)"),
+        (torch.ones(2, 2, dtype=torch.bool), None, ValueError, r"present_mask must have shape .*\(2, 3\) .*got \(2, 2\)"),
         (torch.ones(2, 3, dtype=torch.int64), None, TypeError, "present_mask must be a bool tensor"),
         (torch.tensor([[True, False, False], [False, False, False]]), None, ValueError, r"samples \[1\] of the batch have no present modality"),
         (
@@ -337,3 +343,93 @@ def test_selection_report_records():
 def test_selector_rejects_negative_tolerance():
     with pytest.raises(ValueError, match="reward_tolerance must be non-negative or None, got -1.0"):
         fitted_selector(reward_tolerance=-1.0)
+
+
+def test_load_empty_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+
+    with pytest.raises(ValueError, match="empty.pt is not a readable prototypes file: the file is empty"):
+        SubsetPrototypes.load(path)
+
+
+def test_load_directory(tmp_path):
+    with pytest.raises(ValueError, match="is a directory, expected a prototypes file"):
+        SubsetPrototypes.load(tmp_path)
+
+
+def test_saved_file_readable_by_group_and_others(tmp_path):
+    network = make_network()
+    path = tmp_path / "prototypes.pt"
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    fit_subset_prototypes(network, [make_batch(network)]).save(path)
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_fit_checks_labels():
+    network = make_network()
+    batch = make_batch(network)
+    batch["label"] = batch["label"] + 5
+
+    with pytest.raises(ValueError, match=r"batch\['label'\] must contain class indices in \[0, 2\)"):
+        fit_subset_prototypes(network, [batch])
+
+
+def test_fit_checks_missing_label():
+    network = make_network()
+    batch = make_batch(network)
+    del batch["label"]
+
+    with pytest.raises(ValueError, match=r"batch is missing the keys \['label'\]"):
+        fit_subset_prototypes(network, [batch])
+
+
+def test_fit_ignores_nan_placeholder_of_absent_modality():
+    network = make_network()
+    present = torch.ones(12, 2, dtype=torch.bool)
+    present[:3, 1] = False
+    batch = make_batch(network, present=present)
+    batch["view1"][:3] = float("nan")
+
+    prototypes = fit_subset_prototypes(network, [batch])
+
+    assert torch.isfinite(prototypes.centers).all()
+    assert torch.isfinite(prototypes.sigmas).all()
+
+
+def test_selector_rejects_prototypes_path():
+    network = make_network()
+
+    with pytest.raises(TypeError, match="prototypes must be SubsetPrototypes, got str"):
+        DyMoSelector(network, "prototypes.pt")
+
+
+def test_selector_rejects_float_mask_before_inverting():
+    network, selector = fitted_selector()
+
+    with pytest.raises(TypeError, match="present_mask must be a bool tensor, got torch.float32"):
+        selector(make_batch(network, batch_size=2), torch.ones(2, 3))
+
+
+def test_selector_rejects_nan_in_present_modality():
+    network, selector = fitted_selector()
+    inputs = make_batch(network, batch_size=2)
+    inputs["view0"][1] = float("nan")
+
+    with pytest.raises(ValueError, match="observed input of modality 'view0' gives non-finite tokens for sample 1"):
+        selector(inputs, torch.tensor([[True, False, False], [True, True, False]]))
+
+
+def test_selector_ignores_nan_in_unused_modality():
+    network, selector = fitted_selector()
+    inputs = make_batch(network, batch_size=2)
+    inputs["view2"][:] = float("nan")
+    present = torch.tensor([[True, False, False], [True, True, False]])
+    candidates = torch.tensor([[False, True, False], [False, False, False]])
+
+    result = selector(inputs, present, candidates)
+
+    assert torch.isfinite(result.logits).all()
