@@ -134,18 +134,23 @@ def test_fit_without_batches():
         fit_subset_prototypes(make_network(), [])
 
 
-def test_quality_by_hand():
-    prototypes = SubsetPrototypes(
-        centers=torch.zeros(1, 2, 2),
-        sigmas=torch.ones(1, 2),
-        overall=torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64),
+def one_subset_prototypes(centers, sigmas, overall, embedding):
+    """Build prototypes by hand for one modality (one subset) and two classes."""
+    return SubsetPrototypes(
+        centers=torch.tensor([centers], dtype=torch.float64),
+        sigmas=torch.tensor([sigmas], dtype=torch.float64),
+        overall=torch.tensor(overall, dtype=torch.float64),
         counts=torch.ones(1, 2, dtype=torch.long),
         fitted=torch.tensor([True]),
         subsets=torch.tensor([[True]]),
-        embedding="cosine",
+        embedding=embedding,
         modality_names=["view0"],
         fingerprint="",
     )
+
+
+def test_quality_by_hand():
+    prototypes = one_subset_prototypes([[0.0, 0.0], [0.0, 0.0]], [1.0, 1.0], [[1.0, 0.0], [0.0, 1.0]], "cosine")
     embedding = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
 
     expected = [1 / (1 + math.exp(-10.0)), 1 / (1 + math.exp(-2.0))]
@@ -154,17 +159,7 @@ def test_quality_by_hand():
 
 
 def test_euclidean_quality_and_ics_by_hand():
-    prototypes = SubsetPrototypes(
-        centers=torch.tensor([[[0.0, 0.0], [3.0, 0.0]]], dtype=torch.float64),
-        sigmas=torch.tensor([[2.0, 0.5]], dtype=torch.float64),
-        overall=torch.tensor([[0.0, 0.0], [3.0, 0.0]], dtype=torch.float64),
-        counts=torch.ones(1, 2, dtype=torch.long),
-        fitted=torch.tensor([True]),
-        subsets=torch.tensor([[True]]),
-        embedding="euclidean",
-        modality_names=["view0"],
-        fingerprint="",
-    )
+    prototypes = one_subset_prototypes([[0.0, 0.0], [3.0, 0.0]], [2.0, 0.5], [[0.0, 0.0], [3.0, 0.0]], "euclidean")
     embedding = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     logits = torch.tensor([[2.0, 1.0]], dtype=torch.float64)  # predicted class 0
 
@@ -177,17 +172,7 @@ def test_euclidean_quality_and_ics_by_hand():
 
 
 def test_ics_with_zero_spread():
-    prototypes = SubsetPrototypes(
-        centers=torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64),
-        sigmas=torch.zeros(1, 2, dtype=torch.float64),
-        overall=torch.eye(2, dtype=torch.float64),
-        counts=torch.ones(1, 2, dtype=torch.long),
-        fitted=torch.tensor([True]),
-        subsets=torch.tensor([[True]]),
-        embedding="cosine",
-        modality_names=["view0"],
-        fingerprint="",
-    )
+    prototypes = one_subset_prototypes([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0], [[1.0, 0.0], [0.0, 1.0]], "cosine")
     embedding = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     logits = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
 
