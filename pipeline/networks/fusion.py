@@ -227,8 +227,12 @@ class MaskedFusionTransformer(nn.Module):
     def forward(
         self, inputs: Mapping[str, ModalityInput], present_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run all three stages; return logits ``(B, K)`` and embedding ``(B, P)``."""
-        return self.classify(self.fuse(self.encode(inputs), present_mask))
+        """Run all three stages; return logits ``(B, K)`` and embedding ``(B, P)``.
+
+        Encoders run only on the rows where their modality is present, so placeholders of absent
+        modalities never reach them.
+        """
+        return self.classify(self.fuse(self.encode(inputs, present_mask), present_mask))
 
     def _check_fusion_inputs(self, tokens: torch.Tensor, present_mask: torch.Tensor) -> None:
         num_tokens = int(self.token_modality.numel())

@@ -42,7 +42,7 @@ class ImageEncoder(nn.Module):
 
     Output: tokens ``(B, N, F)`` with ``N = prod(token_grid)`` and ``F = out_features``.
 
-    The ResNet uses BatchNorm, so a training batch needs at least 2 images of this modality.
+    The ResNet uses BatchNorm, so a training batch needs at least 2 subjects with this modality.
 
     NOTE: MONAI 1.6.1's ``ResNet`` applies its ``norm`` argument to the first layer only (the
     residual stages always build BatchNorm), so this encoder offers no other normalisation.
@@ -114,7 +114,8 @@ class ImageEncoder(nn.Module):
         if self.training and self.uses_batch_norm and image.shape[0] < 2:
             raise ValueError(
                 f"ImageEncoder with BatchNorm got a training batch of {image.shape[0]} image(s) and needs at least 2. "
-                "Use drop_last=True in the DataLoader so that no batch holds a single subject with this modality."
+                "Batches whose subjects mostly lack this modality can hold a single image even with drop_last=True; "
+                "use larger batches, or batches sampled so that each has at least 2 subjects with the image."
             )
         net = self.resnet
         x = net.act(net.bn1(net.conv1(image)))

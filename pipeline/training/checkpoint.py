@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
+import stat
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,16 @@ import torch
 import pipeline
 from pipeline.networks.fingerprint import network_fingerprint
 from pipeline.networks.fusion import MaskedFusionTransformer
+from pipeline.training.argument_checks import check_device
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "pipeline.checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_FIELDS: tuple[str, ...] = ("format", "version", "config", "state_dict", "prototypes", "fingerprint", "extra")
+
+# Serialises the os.umask fallback of _process_umask between the threads of this module.
+_UMASK_LOCK = threading.Lock()
 
 
 def save_checkpoint(
@@ -47,14 +52,18 @@ def save_checkpoint(
 
     The file is written to a temporary file in the same folder and then moved over ``path`` with
     :func:`os.replace`, so a reader sees either the old file or the complete new one. Missing
-    parent folders are created.
+    parent folders are created. The file gets the permissions of a file newly created by
+    :func:`open`, ``0o666`` minus the process umask, even when it replaces a file with other
+    permissions.
 
     Raises:
         TypeError: ``network`` is not a :class:`MaskedFusionTransformer`, ``prototypes`` is not a
             tensor, or ``extra`` contains a value other than ``None``, bool, int, float, str, a
             tensor, or a list, tuple or dict of these.
         ValueError: ``prototypes`` does not have shape ``(K, P)`` for the network.
+        IsADirectoryError: ``path`` is a directory.
     """
+    path = check_checkpoint_path(path)
     if not isinstance(network, MaskedFusionTransformer):
         raise TypeError(f"network must be a MaskedFusionTransformer, got {type(network).__name__}.")
     if prototypes is not None:
@@ -74,7 +83,6 @@ def save_checkpoint(
         "torch_version": str(torch.__version__),  # torch.__version__ is a str subclass that weights_only rejects
     }
 
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -82,6 +90,8 @@ def save_checkpoint(
             torch.save(contents, file)
             file.flush()
             os.fsync(file.fileno())
+        # mkstemp creates the file with mode 0o600, which other users of a shared server cannot read.
+        os.chmod(temporary_name, 0o666 & ~_process_umask())
         os.replace(temporary_name, path)
     except BaseException:
         Path(temporary_name).unlink(missing_ok=True)
@@ -101,22 +111,31 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a readable checkpoint of this format and version, its
-            configuration or weights do not rebuild the network, or the fingerprint differs. The
-            message names the path and the field.
+        IsADirectoryError: ``path`` is a directory.
+        PermissionError: the file cannot be opened for reading.
+        ValueError: ``map_location`` is not a device of this machine. Or the file is not a
+            regular file, is empty, or is not a readable checkpoint of this format and version.
+            Or its configuration or weights do not rebuild the network, or the fingerprint
+            differs. The message names the path and, for a field, the field.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    map_location = torch.device(map_location)
+    map_location = check_device("map_location", map_location)
+    _check_readable_file(path)
 
     try:
         contents = torch.load(path, map_location=map_location, weights_only=True)
-    except (PermissionError, IsADirectoryError):
+    except (FileNotFoundError, PermissionError, MemoryError):
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        # A damaged archive surfaces as RuntimeError, EOFError or OSError (EINVAL) from torch's reader.
-        raise ValueError(f"{path} is not a readable checkpoint: {_summarise_load_error(error)}") from error
+    except Exception as error:
+        # The weights-only unpickler is Python code that walks the file's bytes, so a damaged or
+        # foreign file can raise almost any built-in exception. With torch 2.13, random and
+        # truncated files gave UnpicklingError, UnicodeDecodeError, IndexError, EOFError,
+        # OSError, RuntimeError, struct.error, KeyError and AssertionError. MemoryError is left
+        # out because it can also mean that a valid checkpoint does not fit.
+        raise ValueError(
+            f"{path} is not a readable checkpoint: {_summarise_load_error(error)}. Check that it is a complete "
+            "file written by save_checkpoint."
+        ) from error
     _check_contents(path, contents)
 
     try:
@@ -145,6 +164,51 @@ def load_checkpoint(
         except TypeError as error:
             raise ValueError(str(error)) from error
     return network.to(map_location).eval(), contents
+
+
+def check_checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` as a :class:`Path`, or raise ``IsADirectoryError`` if it is a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path '{path}' is a directory, expected a checkpoint file.")
+    return path
+
+
+def _check_readable_file(path: Path) -> None:
+    """Raise a clear error unless ``path`` is a non-empty regular file."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(f"checkpoint path '{path}' is a directory, expected a checkpoint file.")
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a readable checkpoint: it is not a regular file (a device, pipe or socket).")
+    if info.st_size == 0:
+        raise ValueError(
+            f"{path} is not a readable checkpoint: the file is empty (0 bytes). Check that it is a complete file "
+            "written by save_checkpoint."
+        )
+
+
+def _process_umask() -> int:
+    """Return the process umask without changing it where the platform allows.
+
+    Linux 4.7 and later list the umask in ``/proc/self/status``. Elsewhere the umask is read
+    by setting it and setting it back, which other threads creating files at that moment could
+    observe, so the temporary value is the strict ``0o077`` rather than ``0``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return umask
 
 
 def _check_contents(path: Path, contents: Any) -> None:
@@ -180,12 +244,17 @@ def _check_prototypes(prototypes: Any, network: MaskedFusionTransformer, source:
 
 
 def _summarise_load_error(error: BaseException) -> str:
-    """Return the line of a ``torch.load`` error that gives the cause, without its advice to disable weights_only."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("WeightsUnpickler error"):
-            return line
-    return lines[0] if lines else type(error).__name__
+    """Return the cause of a ``torch.load`` error in one line, without torch's advice to disable weights_only."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        # The cause follows the marker, on the same line or after blank lines.
+        cause = text.split(marker, 1)[1].strip().splitlines()
+        return f"WeightsUnpickler error: {cause[0].strip()}" if cause else "WeightsUnpickler error"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0]}"
 
 
 def _check_plain_value(value: Any, where: str) -> None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.networks.fusion import EMBEDDING_KINDS, EmbeddingKind
+from pipeline.training.argument_checks import check_int, check_real
 
 
 def prototype_similarity(
@@ -79,18 +80,10 @@ class SubsetPrototypeLoss:
     ) -> None:
         if embedding not in EMBEDDING_KINDS:
             raise ValueError(f"embedding must be one of {EMBEDDING_KINDS}, got {embedding!r}.")
-        if not prototype_weight >= 0:
-            raise ValueError(f"prototype_weight must be non-negative, got {prototype_weight}.")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}.")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int):
-            raise TypeError(f"warmup_epochs must be an int, got {type(warmup_epochs).__name__}.")
-        if warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be non-negative, got {warmup_epochs}.")
         self.embedding = embedding
-        self.prototype_weight = float(prototype_weight)
-        self.temperature = float(temperature)
-        self.warmup_epochs = warmup_epochs
+        self.prototype_weight = check_real("prototype_weight", prototype_weight, minimum=0.0, strict=False)
+        self.temperature = check_real("temperature", temperature, minimum=0.0, strict=True)
+        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=0)
 
     def prototype_active(self, epoch: int) -> bool:
         """Return whether the prototype term is part of ``total`` at epoch index ``epoch``."""

@@ -9,6 +9,8 @@ import logging
 
 import torch
 
+from pipeline.training.argument_checks import check_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,12 +30,8 @@ class ClassPrototypeAccumulator:
     """
 
     def __init__(self, num_classes: int, embedding_dim: int, device: str | torch.device = "cpu") -> None:
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
-        if embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be at least 1, got {embedding_dim}.")
-        self.num_classes = num_classes
-        self.embedding_dim = embedding_dim
+        self.num_classes = check_int("num_classes", num_classes, minimum=1)
+        self.embedding_dim = check_int("embedding_dim", embedding_dim, minimum=1)
         self.prototypes = torch.zeros(num_classes, embedding_dim, device=device)  # (K, P)
         # float64 sums keep the means exact enough over many batches.
         self._sums = torch.zeros(num_classes, embedding_dim, dtype=torch.float64, device=device)

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from pipeline.networks.fusion import MaskedFusionTransformer
 from pipeline.networks.batch import check_reiterable, unpack_batch
-from pipeline.training.checkpoint import save_checkpoint
+from pipeline.networks.fusion import MaskedFusionTransformer
+from pipeline.training.argument_checks import check_batch_source, check_device, check_int, check_real
+from pipeline.training.checkpoint import check_checkpoint_path, save_checkpoint
 from pipeline.training.losses import LossTerms, SubsetPrototypeLoss
 from pipeline.training.prototypes import ClassPrototypeAccumulator
 from pipeline.training.subset_sampling import sample_subsets
@@ -63,7 +64,11 @@ class _EpochLosses:
 class SubsetTrainer:
     """Train on random modality subsets, select the model on pooled validation, stop early.
 
-    Each training batch is encoded once with :meth:`MaskedFusionTransformer.encode`. Then
+    Each training batch is encoded once with :meth:`MaskedFusionTransformer.encode` and its
+    presence mask, so each encoder runs only on the samples that have its modality. The
+    placeholder of an absent modality (zeros, NaN, anything of the right shape) never reaches an
+    encoder. An encoder with BatchNorm therefore needs at least two samples with its modality in
+    every training batch, not just two samples per batch. Then
     ``A = subsets_per_batch`` subsets are drawn per sample from the modalities it has (see
     :func:`~pipeline.training.subset_sampling.sample_subsets`), and the ``A`` draws are stacked
     along the batch axis into a single :meth:`~MaskedFusionTransformer.fuse` call of ``R`` rows.
@@ -89,16 +94,23 @@ class SubsetTrainer:
         network: the network to train. It is moved to ``device``.
         subsets_per_batch: subsets ``A`` drawn per sample and batch, at most ``S = 2**M - 1``.
             The published setting uses 2 for two modalities and 5 for five.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate, a finite number > 0.
         max_epochs: maximum number of epochs.
         patience: epochs without improvement of the validation metric before training stops.
-        prototype_weight: weight ``lambda`` of the prototype loss.
-        prototype_temperature: softmax temperature ``t`` of the prototype loss.
-        prototype_warmup_epochs: first epoch index at which the prototype loss counts.
+        prototype_weight: weight ``lambda`` of the prototype loss, a finite number >= 0.
+        prototype_temperature: softmax temperature ``t`` of the prototype loss, a finite number > 0.
+        prototype_warmup_epochs: first epoch index at which the prototype loss counts, an int >= 0.
         seed: seed of every random draw made by the trainer.
-        device: device to train on.
+        device: device to train on. It must exist on this machine.
         present_key: batch key of the presence mask ``(B, M)``.
         label_key: batch key of the labels ``(B,)``.
+
+    Raises:
+        TypeError: ``network`` is not a :class:`MaskedFusionTransformer`, a count or ``seed`` is
+            not an int, or a rate, weight or temperature is not an int or float (a str or a bool
+            is rejected).
+        ValueError: an argument is out of its range, or ``device`` is not a device of this
+            machine.
     """
 
     def __init__(
@@ -119,31 +131,29 @@ class SubsetTrainer:
     ) -> None:
         if not isinstance(network, MaskedFusionTransformer):
             raise TypeError(f"network must be a MaskedFusionTransformer, got {type(network).__name__}.")
-        integer_arguments = {
-            "subsets_per_batch": subsets_per_batch,
-            "max_epochs": max_epochs,
-            "patience": patience,
-            "seed": seed,
-        }
-        for name, value in integer_arguments.items():
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
+        subsets_per_batch = check_int("subsets_per_batch", subsets_per_batch, minimum=1)
         num_subsets = 2**network.num_modalities - 1
-        if not 1 <= subsets_per_batch <= num_subsets:
+        if subsets_per_batch > num_subsets:
             raise ValueError(
                 f"subsets_per_batch must be between 1 and the {num_subsets} non-empty subsets of "
                 f"{network.num_modalities} modalities, got {subsets_per_batch}."
             )
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
-        if max_epochs < 1:
-            raise ValueError(f"max_epochs must be at least 1, got {max_epochs}.")
-        if patience < 1:
-            raise ValueError(f"patience must be at least 1, got {patience}.")
+        learning_rate = check_real("learning_rate", learning_rate, minimum=0.0, strict=True)
+        max_epochs = check_int("max_epochs", max_epochs, minimum=1)
+        patience = check_int("patience", patience, minimum=1)
+        prototype_weight = check_real("prototype_weight", prototype_weight, minimum=0.0, strict=False)
+        prototype_temperature = check_real("prototype_temperature", prototype_temperature, minimum=0.0, strict=True)
+        prototype_warmup_epochs = check_int("prototype_warmup_epochs", prototype_warmup_epochs, minimum=0)
+        seed = check_int("seed", seed, minimum=-(2**63))
+        if seed >= 2**64:
+            raise ValueError(
+                f"seed must be in [-2**63, 2**64), the range torch.Generator.manual_seed accepts, got {seed}."
+            )
+        device = check_device("device", device)
         if present_key == label_key:
             raise ValueError(f"present_key and label_key must differ, got {present_key!r} for both.")
 
-        self.device = torch.device(device)
+        self.device = device
         self.network = network.to(self.device)
         self.loss = SubsetPrototypeLoss(
             network.embedding,
@@ -152,7 +162,7 @@ class SubsetTrainer:
             warmup_epochs=prototype_warmup_epochs,
         )
         self.subsets_per_batch = subsets_per_batch
-        self.learning_rate = float(learning_rate)
+        self.learning_rate = learning_rate
         self.max_epochs = max_epochs
         self.patience = patience
         self.seed = seed
@@ -174,15 +184,20 @@ class SubsetTrainer:
         the validation metric improves.
 
         Raises:
-            TypeError: a batch source is a one-shot iterator, or a batch has the wrong types
-                (see :func:`~pipeline.networks.batch.unpack_batch`).
+            TypeError: a batch source is a single batch or a one-shot iterator, or a batch has the
+                wrong types (see :func:`~pipeline.networks.batch.unpack_batch`).
             ValueError: a batch does not match the network, or no training batch has a sample
                 with a present modality.
+            IsADirectoryError: ``checkpoint_path`` is a directory. This is checked before training.
             FloatingPointError: the training loss is not finite. The weights are left as they
                 were before that batch.
         """
+        check_batch_source("train_batches", train_batches)
+        check_batch_source("val_batches", val_batches)
         check_reiterable(train_batches, "train_batches")
         check_reiterable(val_batches, "val_batches")
+        if checkpoint_path is not None:
+            check_checkpoint_path(checkpoint_path)
 
         generator = torch.Generator().manual_seed(self.seed)
         global_seed = int(torch.randint(2**62, (1,), generator=generator))
@@ -253,9 +268,11 @@ class SubsetTrainer:
         self.network.train()
         weighted_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # total, classification, prototype
         num_rows = 0
+        num_batches = 0
         skipped_batches = 0
 
         for batch_index, batch in enumerate(batches):
+            num_batches += 1
             step = self._train_step(batch, epoch, batch_index, optimizer, generator)
             if step is None:
                 skipped_batches += 1
@@ -270,6 +287,8 @@ class SubsetTrainer:
             logger.warning(
                 "epoch %d: skipped %d batches in which no sample has a present modality", epoch, skipped_batches
             )
+        if num_batches == 0:
+            raise ValueError("train_batches is empty, so there is nothing to train on.")
         if num_rows == 0:
             raise ValueError(
                 "train_batches contain no sample with a present modality, so there is nothing to train on."
@@ -302,14 +321,15 @@ class SubsetTrainer:
         row_masks = masks.flatten(0, 1)[rows].to(self.device)  # (R, M)
         row_labels = labels.to(self.device)[sample_index]  # (R,)
 
-        tokens = self.network.encode(inputs)  # (B, N, D)
+        # With the mask, placeholders of absent modalities never reach an encoder.
+        tokens = self.network.encode(inputs, present_mask.to(self.device))  # (B, N, D)
         fused = self.network.fuse(tokens[sample_index], row_masks)  # (R, D)
         logits, embeddings = self.network.classify(fused)  # (R, K), (R, P)
         terms = self.loss(logits, embeddings, row_labels, self.prototypes, epoch)
         if not torch.isfinite(terms.total):
             raise FloatingPointError(
                 f"training loss is {terms.total.item()} at epoch {epoch}, batch {batch_index}. "
-                "Check the inputs for NaN or lower learning_rate."
+                "Check the inputs of present modalities for NaN or lower learning_rate."
             )
 
         optimizer.zero_grad(set_to_none=True)

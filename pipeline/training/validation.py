@@ -13,9 +13,10 @@ from typing import Any, NamedTuple
 import torch
 from sklearn.metrics import roc_auc_score
 
+from pipeline.networks.batch import unpack_batch
 from pipeline.networks.fusion import MaskedFusionTransformer
 from pipeline.networks.subsets import all_subsets
-from pipeline.networks.batch import unpack_batch
+from pipeline.training.argument_checks import check_batch_source, check_device
 from pipeline.training.subset_sampling import available_subsets
 
 logger = logging.getLogger(__name__)
@@ -40,12 +41,13 @@ def evaluate_pooled(
     *,
     present_key: str = "present",
     label_key: str = "label",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     warn_on_fallback: bool = True,
 ) -> PooledValidation:
     """Predict every sample under every subset of its present modalities and score all predictions together.
 
-    Each batch is encoded once. Fusion and classification then run once per subset ``s`` on the
+    Each batch is encoded once with its presence mask, so placeholders of absent modalities never
+    reach an encoder. Fusion and classification then run once per subset ``s`` on the
     samples that have every modality of ``s``, so a batch costs one encoder pass and up to
     ``S = 2**M - 1`` fusion passes of at most ``B`` rows. That count grows quickly beyond the five
     modalities of the published settings.
@@ -57,9 +59,20 @@ def evaluate_pooled(
     class has no AUC, so accuracy is returned instead (with a warning if ``warn_on_fallback``).
     The network runs in eval mode and gets its previous mode back.
 
+    The batches are moved to the device of the network's parameters. If ``device`` is given, it
+    must name that device.
+
     Raises:
-        ValueError: the batches contain no sample with a present modality.
+        TypeError: ``batches`` is a single batch, or ``network`` is not a
+            :class:`MaskedFusionTransformer`.
+        ValueError: the batches contain no sample with a present modality, or ``device`` differs
+            from the device of the network's parameters.
     """
+    if not isinstance(network, MaskedFusionTransformer):
+        raise TypeError(f"network must be a MaskedFusionTransformer, got {type(network).__name__}.")
+    check_batch_source("batches", batches)
+    device = _network_device(network, device)
+
     was_training = network.training
     network.eval()
     try:
@@ -79,7 +92,7 @@ def _pooled_probabilities(
     batches: Iterable[Mapping[str, Any]],
     present_key: str,
     label_key: str,
-    device: str | torch.device,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return class probabilities ``(V, K)`` and labels ``(V,)`` of all sample-subset pairs, on the CPU."""
     subset_masks = all_subsets(network.num_modalities).to(device)  # (S, M)
@@ -92,7 +105,7 @@ def _pooled_probabilities(
         )
         available = available_subsets(present_mask).cpu()  # (B, S)
         batch_labels = batch_labels.cpu()
-        tokens = network.encode(inputs)  # (B, N, D)
+        tokens = network.encode(inputs, present_mask.to(device))  # (B, N, D)
 
         for subset_index, subset_mask in enumerate(subset_masks):
             samples = available[:, subset_index].nonzero().flatten()
@@ -106,6 +119,23 @@ def _pooled_probabilities(
     if not labels:
         return torch.empty(0, network.num_classes), torch.empty(0, dtype=torch.long)
     return torch.cat(probabilities), torch.cat(labels)
+
+
+def _network_device(network: MaskedFusionTransformer, device: str | torch.device | None) -> torch.device:
+    """Return the device of the network's parameters after checking that ``device`` agrees with it."""
+    network_device = next(network.parameters()).device
+    if device is None:
+        return network_device
+
+    requested = check_device("device", device)
+    # A device without an index, such as "cuda", matches every index of its type.
+    same_index = requested.index is None or requested.index == network_device.index
+    if requested.type != network_device.type or not same_index:
+        raise ValueError(
+            f"device is {str(requested)!r}, but the network's parameters are on {str(network_device)!r}. Move the "
+            f"network with network.to({str(requested)!r}), or pass device=None to use the network's device."
+        )
+    return network_device
 
 
 def _score(probabilities: torch.Tensor, labels: torch.Tensor, warn_on_fallback: bool) -> PooledValidation:

@@ -185,7 +185,7 @@ def test_tabular_accepts_invalid_values_marked_missing():
 def test_batch_norm_encoder_rejects_single_training_image():
     encoder = ImageEncoder(kind="2d", backbone="resnet10", widths=(4, 4, 4, 4), token_grid=(1, 1)).train()
 
-    with pytest.raises(ValueError, match="training batch of 1 image.*drop_last=True"):
+    with pytest.raises(ValueError, match="training batch of 1 image.*at least 2 subjects with the image"):
         encoder(torch.randn(1, 1, 32, 32))
 
 

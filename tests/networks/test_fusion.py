@@ -30,12 +30,15 @@ def test_stages_compose_to_forward():
     mask = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
 
     logits, embedding = network(inputs, mask)
-    staged_logits, staged_embedding = network.classify(network.fuse(network.encode(inputs), mask))
+    staged_logits, staged_embedding = network.classify(network.fuse(network.encode(inputs, mask), mask))
+    unmasked_logits, _ = network.classify(network.fuse(network.encode(inputs), mask))
 
     assert logits.shape == (4, 3)
     assert embedding.shape == (4, 6)
     assert torch.equal(logits, staged_logits)
     assert torch.equal(embedding, staged_embedding)
+    # Encoding all rows differs only in rounding: fusion ignores the extra rows' tokens.
+    torch.testing.assert_close(unmasked_logits, logits, rtol=0, atol=1e-12)
 
 
 def test_token_layout_follows_modality_order():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,3 +238,133 @@ def test_loading_keeps_global_rng(saved):
     load_checkpoint(path)
 
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"model weights, see README\n", id="text-file"),
+        pytest.param(b"\x65" * 100, id="repeated-byte"),
+        pytest.param(b"\xe5", id="unpickling-error"),
+        pytest.param(b"\x80", id="index-error"),
+        pytest.param(b"M", id="struct-error"),
+        pytest.param(b"PK\x03\x04", id="zip-header-only"),
+        pytest.param(b"U\\_\xb6\xa6\xa5", id="unicode-decode-error"),
+        pytest.param(b"hg", id="key-error"),
+    ],
+)
+def test_foreign_bytes_are_rejected(tmp_path, data):
+    path = tmp_path / "foreign.pt"
+    path.write_bytes(data)
+
+    with pytest.raises(ValueError, match="is not a readable checkpoint") as raised:
+        load_checkpoint(path)
+
+    assert str(path) in str(raised.value)
+    assert "save_checkpoint" in str(raised.value)
+
+
+def test_load_error_omits_weights_only_advice(tmp_path):
+    path = tmp_path / "zeros.pt"
+    path.write_bytes(bytes(100))
+
+    with pytest.raises(ValueError, match="Unsupported operand 0") as raised:
+        load_checkpoint(path)
+
+    assert "weights_only" not in str(raised.value)
+
+
+def test_empty_file_is_rejected(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.touch()
+
+    with pytest.raises(ValueError, match="the file is empty") as raised:
+        load_checkpoint(path)
+
+    assert str(path) in str(raised.value)
+
+
+def test_directory_is_rejected_on_load(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, expected a checkpoint file") as raised:
+        load_checkpoint(tmp_path)
+
+    assert str(tmp_path) in str(raised.value)
+
+
+def test_current_directory_is_named_on_load(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(IsADirectoryError, match="'.' is a directory"):
+        load_checkpoint(".")
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs the /dev/null device file")
+def test_device_file_is_rejected():
+    with pytest.raises(ValueError, match="/dev/null is not a readable checkpoint: it is not a regular file"):
+        load_checkpoint("/dev/null")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_unavailable_map_location_is_rejected(saved):
+    _, _, path = saved
+
+    with pytest.raises(ValueError, match="map_location is 'cuda', but cuda is not available"):
+        load_checkpoint(path, map_location="cuda")
+
+
+def test_invalid_map_location_is_rejected(saved):
+    _, _, path = saved
+
+    with pytest.raises(ValueError, match="map_location must name a torch device .* got 'gpu'"):
+        load_checkpoint(path, map_location="gpu")
+
+
+def test_directory_is_rejected_on_save(network_factory, tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, expected a checkpoint file"):
+        save_checkpoint(tmp_path, network_factory())
+
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore the previous one afterwards."""
+    previous = os.umask(0o022)
+
+    def set_umask(value: int) -> None:
+        os.umask(value)
+
+    yield set_umask
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077, 0o002])
+def test_saved_file_mode_follows_umask(network_factory, tmp_path, umask, mask):
+    umask(mask)
+
+    path = save_checkpoint(tmp_path / "model.pt", network_factory())
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_replaced_file_gets_umask_mode(network_factory, tmp_path, umask):
+    umask(0o022)
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old")
+    path.chmod(0o600)
+
+    save_checkpoint(path, network_factory())
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_umask_fallback_keeps_umask(umask, monkeypatch):
+    umask(0o027)
+
+    def no_proc(*args, **kwargs):
+        raise FileNotFoundError("/proc/self/status")
+
+    monkeypatch.setattr(checkpoint_module, "open", no_proc, raising=False)
+
+    assert checkpoint_module._process_umask() == 0o027
+    assert os.umask(0o027) == 0o027

@@ -136,6 +136,10 @@ def test_prototype_width_mismatch_is_rejected():
         ({"embedding": "cosine", "temperature": 0.0}, ValueError, "temperature"),
         ({"embedding": "cosine", "warmup_epochs": -1}, ValueError, "warmup_epochs"),
         ({"embedding": "cosine", "warmup_epochs": 1.0}, TypeError, "warmup_epochs"),
+        ({"embedding": "cosine", "prototype_weight": "1"}, TypeError, "prototype_weight must be an int or float"),
+        ({"embedding": "cosine", "prototype_weight": float("inf")}, ValueError, "prototype_weight must be a finite"),
+        ({"embedding": "cosine", "temperature": "0.1"}, TypeError, "temperature must be an int or float, got str"),
+        ({"embedding": "cosine", "temperature": float("nan")}, ValueError, "temperature must be a finite number > 0"),
     ],
 )
 def test_invalid_loss_arguments_are_rejected(arguments, error, pattern):

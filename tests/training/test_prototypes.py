@@ -96,3 +96,9 @@ def test_out_of_range_label_is_rejected():
 def test_invalid_sizes_are_rejected(num_classes, embedding_dim):
     with pytest.raises(ValueError):
         ClassPrototypeAccumulator(num_classes=num_classes, embedding_dim=embedding_dim)
+
+
+@pytest.mark.parametrize(("num_classes", "embedding_dim", "name"), [("2", 2, "num_classes"), (2, 2.0, "embedding_dim")])
+def test_non_integer_sizes_are_rejected(num_classes, embedding_dim, name):
+    with pytest.raises(TypeError, match=f"{name} must be an int"):
+        ClassPrototypeAccumulator(num_classes=num_classes, embedding_dim=embedding_dim)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -200,9 +202,22 @@ def test_non_network_is_rejected():
         ({"patience": 0}, ValueError, "patience"),
         ({"seed": None}, TypeError, "seed"),
         ({"prototype_weight": -0.5}, ValueError, "prototype_weight"),
-        ({"prototype_temperature": 0.0}, ValueError, "temperature"),
-        ({"prototype_warmup_epochs": -1}, ValueError, "warmup_epochs"),
+        ({"prototype_temperature": 0.0}, ValueError, "prototype_temperature"),
+        ({"prototype_warmup_epochs": -1}, ValueError, "prototype_warmup_epochs"),
         ({"present_key": "label"}, ValueError, "present_key"),
+        ({"learning_rate": "1e-3"}, TypeError, r"learning_rate must be an int or float, got str '1e-3'.*float\(\)"),
+        ({"learning_rate": True}, TypeError, "learning_rate must be an int or float, got bool"),
+        ({"learning_rate": float("nan")}, ValueError, "learning_rate must be a finite number > 0.0, got nan"),
+        ({"learning_rate": float("inf")}, ValueError, "learning_rate must be a finite number"),
+        ({"prototype_weight": "1"}, TypeError, "prototype_weight must be an int or float, got str"),
+        ({"prototype_weight": None}, TypeError, "prototype_weight must be an int or float, got NoneType"),
+        ({"prototype_temperature": "0.1"}, TypeError, "prototype_temperature must be an int or float, got str"),
+        ({"prototype_temperature": -0.1}, ValueError, "prototype_temperature must be a finite number > 0.0"),
+        ({"prototype_warmup_epochs": 1.5}, TypeError, "prototype_warmup_epochs must be an int, got float"),
+        ({"max_epochs": "10"}, TypeError, "max_epochs must be an int, got str"),
+        ({"seed": 2**64}, ValueError, r"seed must be in \[-2\*\*63, 2\*\*64\)"),
+        ({"device": "gpu"}, ValueError, "device must name a torch device .* got 'gpu'"),
+        ({"device": 0}, TypeError, "device must be a str .* or a torch.device, got int"),
     ],
 )
 def test_invalid_trainer_arguments_are_rejected(network_factory, arguments, error, pattern):
@@ -235,6 +250,89 @@ def test_non_finite_loss_stops_before_step(network_factory, batch_factory):
 
     with pytest.raises(FloatingPointError, match="epoch 0, batch 0"):
         trainer.fit(batches, batch_factory(32, seed=2))
+
+    for name, value in network.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_unavailable_device_is_rejected(network_factory):
+    with pytest.raises(ValueError, match="device is 'cuda', but cuda is not available"):
+        SubsetTrainer(network_factory(), device="cuda")
+
+
+def test_numpy_scalar_arguments_are_accepted(network_factory):
+    trainer = SubsetTrainer(network_factory(), learning_rate=np.float32(0.5), max_epochs=np.int64(3))
+
+    assert trainer.learning_rate == 0.5
+    assert type(trainer.max_epochs) is int
+
+
+def nan_placeholder_batches(batch_factory, num_samples: int, seed: int, placeholder: float) -> list[dict]:
+    """Batches in which the first quarter of the subjects lack modality b, filled with ``placeholder``."""
+    present = torch.ones(num_samples, 2, dtype=torch.bool)
+    present[: num_samples // 4, 1] = False
+    batches = batch_factory(num_samples, seed=seed, batch_size=16, present=present)
+    for batch in batches:
+        batch["b"][~batch["present"][:, 1]] = placeholder
+    return batches
+
+
+def test_nan_placeholder_trains_finite_weights(network_factory, batch_factory):
+    network = network_factory()
+    trainer = SubsetTrainer(network, learning_rate=1e-2, max_epochs=2)
+
+    history = trainer.fit(
+        nan_placeholder_batches(batch_factory, 64, seed=1, placeholder=float("nan")),
+        nan_placeholder_batches(batch_factory, 32, seed=2, placeholder=float("nan")),
+    )
+
+    for name, parameter in network.named_parameters():
+        assert torch.isfinite(parameter).all(), name
+    assert all(math.isfinite(loss) for loss in history.train_loss)
+    assert all(math.isfinite(metric) for metric in history.val_metric)
+
+
+def test_training_encoder_sees_present_rows_only(network_factory, batch_factory):
+    network = network_factory()
+    rows_seen: list[int] = []
+    network.encoders[1].register_forward_pre_hook(lambda module, args: rows_seen.append(args[0].shape[0]))
+    present = torch.ones(32, 2, dtype=torch.bool)
+    present[:8, 1] = False
+
+    SubsetTrainer(network, max_epochs=1).fit(batch_factory(32, seed=1, present=present), batch_factory(16, seed=2))
+
+    assert rows_seen[0] == 24
+
+
+def test_single_train_batch_is_rejected(network_factory, batch_factory):
+    trainer = SubsetTrainer(network_factory(), max_epochs=1)
+
+    with pytest.raises(TypeError, match="train_batches is a single batch .*Pass a list of batches"):
+        trainer.fit(batch_factory(32, seed=1)[0], batch_factory(32, seed=2))
+
+
+def test_single_val_batch_is_rejected(network_factory, batch_factory):
+    trainer = SubsetTrainer(network_factory(), max_epochs=1)
+
+    with pytest.raises(TypeError, match="val_batches is a single batch"):
+        trainer.fit(batch_factory(32, seed=1), batch_factory(32, seed=2)[0])
+
+
+def test_empty_train_batches_are_rejected(network_factory, batch_factory):
+    trainer = SubsetTrainer(network_factory(), max_epochs=1)
+
+    with pytest.raises(ValueError, match="train_batches is empty"):
+        trainer.fit([], batch_factory(32, seed=2))
+
+
+def test_directory_checkpoint_path_fails_before_training(network_factory, batch_factory, tmp_path):
+    network = network_factory()
+    trainer = SubsetTrainer(network, max_epochs=1)
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+
+    with pytest.raises(IsADirectoryError, match="is a directory, expected a checkpoint file"):
+        trainer.fit(batch_factory(32, seed=1), batch_factory(32, seed=2), checkpoint_path=tmp_path)
 
     for name, value in network.state_dict().items():
         assert torch.equal(value, before[name]), name

@@ -92,3 +92,48 @@ def test_no_present_modality_is_rejected(network_factory, batch_factory):
 
     with pytest.raises(ValueError, match="no sample with a present modality"):
         evaluate_pooled(network_factory(), batches)
+
+
+def placeholder_batches(batch_factory, placeholder: float) -> list[dict]:
+    """Two batches of 16 in which subjects 0 to 5 lack modality b, filled with ``placeholder``."""
+    present = torch.ones(32, 2, dtype=torch.bool)
+    present[:6, 1] = False
+    batches = batch_factory(32, seed=1, batch_size=16, present=present)
+    for batch in batches:
+        batch["b"][~batch["present"][:, 1]] = placeholder
+    return batches
+
+
+def test_nan_placeholder_gives_same_metric(network_factory, batch_factory):
+    network = network_factory()
+
+    with_zeros = evaluate_pooled(network, placeholder_batches(batch_factory, 0.0))
+    with_nan = evaluate_pooled(network, placeholder_batches(batch_factory, float("nan")))
+
+    assert with_nan.num_predictions == with_zeros.num_predictions
+    assert with_nan.metric == pytest.approx(with_zeros.metric, abs=1e-6)
+
+
+def test_encoder_sees_present_rows_only(network_factory, batch_factory):
+    network = network_factory()
+    rows_seen: list[int] = []
+    network.encoders[1].register_forward_pre_hook(lambda module, args: rows_seen.append(args[0].shape[0]))
+
+    evaluate_pooled(network, placeholder_batches(batch_factory, float("nan")))
+
+    assert rows_seen == [10, 16]
+
+
+def test_mismatched_device_is_rejected(network_factory, batch_factory):
+    with pytest.raises(ValueError, match="device is 'meta', but the network's parameters are on 'cpu'"):
+        evaluate_pooled(network_factory(), batch_factory(8, seed=0), device="meta")
+
+
+def test_single_batch_is_rejected(network_factory, batch_factory):
+    with pytest.raises(TypeError, match="batches is a single batch"):
+        evaluate_pooled(network_factory(), batch_factory(8, seed=0)[0])
+
+
+def test_non_network_is_rejected(batch_factory):
+    with pytest.raises(TypeError, match="network must be a MaskedFusionTransformer, got Linear"):
+        evaluate_pooled(torch.nn.Linear(2, 2), batch_factory(8, seed=0))
