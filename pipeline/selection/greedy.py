@@ -248,26 +248,35 @@ class DyMoSelector:
         Args:
             inputs: per modality name, the input with every missing part recovered by an imputer.
             present_mask: ``(B, M)`` bool, the modalities to start from (observed ones).
-            candidate_mask: ``(B, M)`` bool, the recovered modalities that may be admitted;
-                defaults to ``~present_mask``.
+            candidate_mask: ``(B, M)`` bool, the recovered modalities that may be admitted. By
+                default: every absent modality, plus each modality of ``observed_inputs`` on the
+                rows where it is present and its observed tokens differ from its recovered ones.
             observed_inputs: for modalities that are present but only partly observed (a table
                 with missing values), their input as observed, e.g. with ``missing_values`` set.
                 Such a modality starts in this state and, when admitted as a candidate, switches to
                 its recovered input from ``inputs``.
         """
         _check_mask_type(present_mask, "present_mask")
-        if candidate_mask is None:
-            candidate_mask = ~present_mask
-        _check_mask_type(candidate_mask, "candidate_mask")
+        if candidate_mask is not None:
+            _check_mask_type(candidate_mask, "candidate_mask")
         with torch.no_grad(), _evaluation_mode(self.network):
             # Modalities neither present nor candidates are never encoded, so their placeholders may be anything.
-            used = present_mask | candidate_mask if present_mask.shape == candidate_mask.shape else None
+            used = None
+            if candidate_mask is not None and present_mask.shape == candidate_mask.shape:
+                used = present_mask | candidate_mask
             tokens = self.network.encode(inputs, used)
+
             observed_tokens = None
+            partly_observed = torch.zeros_like(present_mask)
             if observed_inputs:
                 observed_tokens = tokens.clone()
                 for name, value in observed_inputs.items():
-                    observed_tokens[:, self.network.token_slice(name)] = self.network.encode_modality(name, value)
+                    positions = self.network.token_slice(name)
+                    observed_tokens[:, positions] = self.network.encode_modality(name, value)
+                    differs = (observed_tokens[:, positions] != tokens[:, positions]).flatten(1).any(dim=1)
+                    partly_observed[:, self.network.modality_names.index(name)] = differs
+        if candidate_mask is None:
+            candidate_mask = ~present_mask | (present_mask & partly_observed)
         return self.select_tokens(tokens, present_mask, candidate_mask, observed_tokens)
 
     def select_tokens(

@@ -418,3 +418,16 @@ def test_selector_ignores_nan_in_unused_modality():
     result = selector(inputs, present, candidates)
 
     assert torch.isfinite(result.logits).all()
+
+
+def test_default_candidates_with_partly_observed_modality():
+    network, selector = fitted_selector()
+    inputs = make_batch(network, batch_size=3)
+    observed = inputs["view1"].clone()
+    observed[0] += 1.0  # subject 0: the recovered view1 differs from what was observed
+    present = torch.tensor([[True, True, False], [True, True, False], [True, False, False]])
+
+    result = selector(inputs, present, observed_inputs={"view1": observed})
+
+    assert result.candidate_mask.tolist() == [[False, True, True], [False, False, True], [False, True, True]]
+    assert torch.equal(result.start_mask, present)
