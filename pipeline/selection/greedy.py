@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import torch
 
 from pipeline.networks.fusion import MaskedFusionTransformer, ModalityInput
 from pipeline.selection.prototypes import SubsetPrototypes
+from pipeline.selection.result import SelectionResult, SelectionStep
 from pipeline.selection.reward import (
     CALIBRATION_RULES,
     DEFAULT_TAU,
@@ -47,94 +47,6 @@ logger = logging.getLogger(__name__)
 
 ZeroRewardRule = Literal["keep", "drop"]
 ZERO_REWARD_RULES: tuple[str, ...] = ("keep", "drop")
-
-
-@dataclass(frozen=True)
-class SelectionStep:
-    """One greedy step for the whole batch.
-
-    Attributes:
-        rewards: ``(B, M)`` reward of each candidate evaluated in this step; NaN where a modality
-            was not a candidate or the sample had already stopped.
-        admitted: ``(B,)`` modality index admitted in this step, ``-1`` where none was.
-    """
-
-    rewards: torch.Tensor
-    admitted: torch.Tensor
-
-
-@dataclass(frozen=True)
-class SelectionResult:
-    """Outcome of greedy selection for one batch.
-
-    Attributes:
-        logits: ``(B, K)`` logits under each sample's final mask.
-        embedding: ``(B, P)`` embedding under each sample's final mask.
-        present_mask: ``(B, M)`` final mask: the present modalities plus the admitted ones.
-        start_mask: ``(B, M)`` the present modalities selection started from.
-        candidate_mask: ``(B, M)`` the recovered modalities that were candidates.
-        admitted_mask: ``(B, M)`` the candidates that were admitted.
-        steps: the per-step trace, in order.
-    """
-
-    logits: torch.Tensor
-    embedding: torch.Tensor
-    present_mask: torch.Tensor
-    start_mask: torch.Tensor
-    candidate_mask: torch.Tensor
-    admitted_mask: torch.Tensor
-    steps: list[SelectionStep]
-
-    def admission_order(self) -> list[list[int]]:
-        """Admitted modality indices of each sample, in the order they were admitted."""
-        order: list[list[int]] = [[] for _ in range(self.logits.shape[0])]
-        for step in self.steps:
-            for sample, modality in enumerate(step.admitted.tolist()):
-                if modality >= 0:
-                    order[sample].append(modality)
-        return order
-
-    def to_records(
-        self, modality_names: Sequence[str], subject_ids: Sequence[Any] | None = None
-    ) -> list[dict[str, Any]]:
-        """Build one record per subject for a selection report (e.g. ``pandas.DataFrame(records)``).
-
-        Each record has ``subject_id``, the ``present``, ``candidates``, ``admitted`` (in admission
-        order) and ``final`` modality names joined by ``+``, ``predicted_class``, ``steps``, and
-        ``step<t>_reward_<modality>`` for every reward evaluated (steps counted from 1).
-        """
-        batch_size = self.logits.shape[0]
-        if len(modality_names) != self.present_mask.shape[1]:
-            raise ValueError(f"expected {self.present_mask.shape[1]} modality names, got {list(modality_names)}.")
-        if subject_ids is None:
-            subject_ids = list(range(batch_size))
-        if len(subject_ids) != batch_size:
-            raise ValueError(f"expected {batch_size} subject ids for the batch, got {len(subject_ids)}.")
-
-        def names(mask_row: torch.Tensor) -> str:
-            return "+".join(name for name, used in zip(modality_names, mask_row.tolist()) if used)
-
-        predicted = self.logits.argmax(dim=-1).tolist()
-        records = []
-        for sample, order in enumerate(self.admission_order()):
-            record: dict[str, Any] = {
-                "subject_id": subject_ids[sample],
-                "present": names(self.start_mask[sample]),
-                "candidates": names(self.candidate_mask[sample]),
-                "admitted": "+".join(modality_names[index] for index in order),
-                "final": names(self.present_mask[sample]),
-                "predicted_class": predicted[sample],
-                "steps": 0,
-            }
-            for number, step in enumerate(self.steps, start=1):
-                row = step.rewards[sample]
-                evaluated = (~row.isnan()).nonzero().flatten().tolist()
-                if evaluated:
-                    record["steps"] = number
-                for modality in evaluated:
-                    record[f"step{number}_reward_{modality_names[modality]}"] = float(row[modality])
-            records.append(record)
-        return records
 
 
 def greedy_step(
@@ -309,47 +221,37 @@ class DyMoSelector:
             remaining = candidate_mask.clone()
             active = remaining.any(dim=-1)
             steps: list[SelectionStep] = []
-            current: dict[str, torch.Tensor] | None = None
 
-            while current is None or bool(active.any()):
-                pairs = (remaining & active[:, None]).nonzero()  # (C, 2): sample, candidate modality
-                samples, candidates = pairs[:, 0], pairs[:, 1]
-                if current is None:
-                    # The start masks share the first fusion call; candidate -1 adds no modality.
-                    samples = torch.cat([torch.arange(batch_size, device=tokens.device), samples])
-                    candidates = torch.cat([candidates.new_full((batch_size,), -1), candidates])
-                outputs = self._evaluate(tokens, observed_tokens, present_mask | admitted_mask, admitted_mask, samples, candidates)
-                if current is None:
-                    current = {key: value[:batch_size] for key, value in outputs.items()}
-                    outputs = {key: value[batch_size:] for key, value in outputs.items()}
-                    if not bool(active.any()):
-                        break
+            # The first fusion call covers the start masks (candidate -1 adds no modality) and the
+            # first step's candidate pairs.
+            pairs = (remaining & active[:, None]).nonzero()  # (C, 2): sample, candidate modality
+            start_rows = torch.arange(batch_size, device=tokens.device)
+            outputs = self._evaluate(
+                tokens,
+                observed_tokens,
+                present_mask,
+                admitted_mask,
+                torch.cat([start_rows, pairs[:, 0]]),
+                torch.cat([pairs.new_full((batch_size,), -1), pairs[:, 1]]),
+            )
+            current = {key: value[:batch_size] for key, value in outputs.items()}
+            outputs = {key: value[batch_size:] for key, value in outputs.items()}
+
+            while bool(active.any()):
                 logger.debug("Selection step %d: %d active samples, %d candidates.", len(steps) + 1, int(active.sum()), len(pairs))
-
-                reward = modality_reward(
-                    current["quality"][pairs[:, 0]],
-                    current["ics"][pairs[:, 0]],
-                    outputs["quality"],
-                    outputs["ics"],
-                    self.calibration,
-                )
-                reward = torch.where(reward.abs() <= self._zero_tolerance(reward.dtype), torch.zeros_like(reward), reward)
-                rewards = torch.full((batch_size, num_modalities), torch.nan, dtype=reward.dtype, device=reward.device)
-                rewards[pairs[:, 0], pairs[:, 1]] = reward
-
-                admitted, remaining, next_active = greedy_step(rewards, remaining, active, self.zero_reward)
+                rewards = self._step_rewards(current, outputs, pairs, present_mask.shape)
+                admitted, remaining, active = greedy_step(rewards, remaining, active, self.zero_reward)
                 steps.append(SelectionStep(rewards=rewards, admitted=admitted))
 
-                # The admitted candidate's outputs become the sample's current outputs.
+                current = _adopt_admitted(current, outputs, pairs, admitted, num_modalities)
                 chosen = admitted >= 0
-                pair_row = torch.full((batch_size, num_modalities), -1, dtype=torch.long, device=tokens.device)
-                pair_row[pairs[:, 0], pairs[:, 1]] = torch.arange(pairs.shape[0], device=tokens.device)
-                source = pair_row[chosen, admitted[chosen]]
-                current = {key: value.clone() for key, value in current.items()}
-                for key in current:
-                    current[key][chosen] = outputs[key][source]
                 admitted_mask[chosen, admitted[chosen]] = True
-                active = next_active
+
+                if bool(active.any()):
+                    pairs = (remaining & active[:, None]).nonzero()
+                    outputs = self._evaluate(
+                        tokens, observed_tokens, present_mask | admitted_mask, admitted_mask, pairs[:, 0], pairs[:, 1]
+                    )
 
         return SelectionResult(
             logits=current["logits"],
@@ -360,6 +262,27 @@ class DyMoSelector:
             admitted_mask=admitted_mask,
             steps=steps,
         )
+
+    def _step_rewards(
+        self,
+        current: dict[str, torch.Tensor],
+        outputs: dict[str, torch.Tensor],
+        pairs: torch.Tensor,
+        mask_shape: torch.Size,
+    ) -> torch.Tensor:
+        """Scatter the reward of each pair ``(C, 2)`` into a ``(B, M)`` matrix, NaN where not evaluated."""
+        reward = modality_reward(
+            current["quality"][pairs[:, 0]],
+            current["ics"][pairs[:, 0]],
+            outputs["quality"],
+            outputs["ics"],
+            self.calibration,
+        )
+        reward = torch.where(reward.abs() <= self._zero_tolerance(reward.dtype), torch.zeros_like(reward), reward)
+
+        rewards = torch.full(tuple(mask_shape), torch.nan, dtype=reward.dtype, device=reward.device)
+        rewards[pairs[:, 0], pairs[:, 1]] = reward
+        return rewards
 
     def _zero_tolerance(self, dtype: torch.dtype) -> float:
         if self.reward_tolerance is not None:
@@ -445,6 +368,28 @@ class DyMoSelector:
                 f"the {state} input of modality {name!r} gives non-finite tokens for sample {sample} of the batch "
                 "(NaN or infinite values in the input, or an overflow). Check that input, or mark the modality absent."
             )
+
+
+def _adopt_admitted(
+    current: dict[str, torch.Tensor],
+    outputs: dict[str, torch.Tensor],
+    pairs: torch.Tensor,
+    admitted: torch.Tensor,
+    num_modalities: int,
+) -> dict[str, torch.Tensor]:
+    """Return ``current`` with each admitting sample's entries replaced by its admitted pair's outputs."""
+    batch_size = admitted.shape[0]
+    chosen = admitted >= 0
+
+    # Row of each (sample, modality) pair in ``outputs``, so the admitted pair can be looked up.
+    pair_row = torch.full((batch_size, num_modalities), -1, dtype=torch.long, device=admitted.device)
+    pair_row[pairs[:, 0], pairs[:, 1]] = torch.arange(pairs.shape[0], device=admitted.device)
+    source = pair_row[chosen, admitted[chosen]]
+
+    updated = {key: value.clone() for key, value in current.items()}
+    for key in updated:
+        updated[key][chosen] = outputs[key][source]
+    return updated
 
 
 def _check_mask_type(mask: Any, name: str) -> None:
