@@ -87,7 +87,10 @@ def _check_labels(labels: Any, label_key: str, batch_size: int, num_classes: int
         kind = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise TypeError(f"batch[{label_key!r}] must be an integer tensor of class indices, got {kind}.")
     if tuple(labels.shape) != (batch_size,):
-        raise ValueError(f"batch[{label_key!r}] must have shape ({batch_size},), got {tuple(labels.shape)}.")
+        raise ValueError(
+            f"batch[{label_key!r}] has shape {tuple(labels.shape)}, but the presence mask has {batch_size} rows; "
+            "both need one row per subject."
+        )
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(
             f"batch[{label_key!r}] must contain class indices in [0, {num_classes}), got values from "

@@ -10,6 +10,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import TransformerBlock
@@ -84,9 +85,27 @@ class MaskedFusionTransformer(nn.Module):
                 f"modalities must be a list of modality specifications (one mapping each), got {type(modalities).__name__}."
             )
         check_num_modalities(len(modalities))
-        for name, value in (("dim", dim), ("projection_dim", projection_dim), ("heads", heads), ("depth", depth)):
+        modalities = [_plain_value(spec, f"modalities[{index}]") for index, spec in enumerate(modalities)]
+        num_classes, dim, depth, heads, projection_dim, mlp_ratio, dropout = (
+            _plain_value(value, name)
+            for name, value in (
+                ("num_classes", num_classes),
+                ("dim", dim),
+                ("depth", depth),
+                ("heads", heads),
+                ("projection_dim", projection_dim),
+                ("mlp_ratio", mlp_ratio),
+                ("dropout", dropout),
+            )
+        )
+        for name, value in (("num_classes", num_classes), ("dim", dim), ("projection_dim", projection_dim), ("heads", heads), ("depth", depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "depth" else 1):
                 raise ValueError(f"{name} must be a {'non-negative' if name == 'depth' else 'positive'} int, got {value!r}.")
+        for name, value in (("mlp_ratio", mlp_ratio), ("dropout", dropout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
         if num_classes < 2:
@@ -236,8 +255,14 @@ class MaskedFusionTransformer(nn.Module):
 
     def _check_fusion_inputs(self, tokens: torch.Tensor, present_mask: torch.Tensor) -> None:
         num_tokens = int(self.token_modality.numel())
-        if tokens.dim() != 3 or tokens.shape[1] != num_tokens:
-            raise ValueError(f"tokens must have shape (B, {num_tokens}, D), got {tuple(tokens.shape)}.")
+        dim = self.config["dim"]
+        if tokens.dim() != 3 or tokens.shape[1] != num_tokens or tokens.shape[2] != dim:
+            raise ValueError(f"tokens must have shape (B, {num_tokens}, {dim}), got {tuple(tokens.shape)}.")
+        if tokens.dtype != self.position_embedding.dtype:
+            raise TypeError(
+                f"tokens have dtype {tokens.dtype} but the network's weights are {self.position_embedding.dtype}; "
+                "convert one to match the other."
+            )
         self._check_mask(present_mask, tokens.shape[0])
 
     def _check_mask(self, present_mask: torch.Tensor, batch_size: int) -> None:
@@ -251,16 +276,27 @@ class MaskedFusionTransformer(nn.Module):
             )
 
 
-def _batch_size_of(value: ModalityInput) -> int | None:
+def _batch_sizes_of(name: str, value: ModalityInput) -> dict[str, int | None]:
+    """Return the first dimension of the input, or of each tensor in a mapping input, keyed by a label."""
     if isinstance(value, torch.Tensor):
-        return value.shape[0] if value.dim() else None
-    sizes = [item.shape[0] for item in value.values() if isinstance(item, torch.Tensor) and item.dim()]
-    return sizes[0] if sizes else None
+        return {name: value.shape[0] if value.dim() else None}
+    if isinstance(value, Mapping):
+        return {
+            f"{name}.{key}": item.shape[0] if item.dim() else None
+            for key, item in value.items()
+            if isinstance(item, torch.Tensor)
+        }
+    raise TypeError(
+        f"the input of modality {name!r} must be a tensor or a mapping of tensors, got {type(value).__name__}; "
+        "convert arrays with torch.as_tensor."
+    )
 
 
 def _check_batch_sizes(inputs: Mapping[str, ModalityInput]) -> int:
     """Return the common batch size of the modality inputs, or raise ``ValueError`` listing them."""
-    sizes = {name: _batch_size_of(value) for name, value in inputs.items()}
+    sizes: dict[str, int | None] = {}
+    for name, value in inputs.items():
+        sizes.update(_batch_sizes_of(name, value))
     distinct = set(sizes.values())
     if len(distinct) != 1 or None in distinct:
         raise ValueError(f"every modality input must have the same batch size B in dimension 0, got {sizes}.")
@@ -287,12 +323,34 @@ def _build_encoder(index: int, spec: Mapping[str, Any]) -> tuple[str, nn.Module]
     """Build the encoder of modality ``index`` from its specification; return its name and module."""
     if not isinstance(spec, Mapping) or "name" not in spec or "encoder" not in spec:
         raise ValueError(f"modality {index} must be a mapping with 'name' and 'encoder' keys, got {spec!r}.")
+    if not isinstance(spec["name"], str) or not spec["name"]:
+        raise ValueError(f"modality {index}: 'name' must be a non-empty string, got {spec['name']!r}.")
     kind = spec["encoder"]
     if kind not in ENCODERS:
         raise ValueError(f"modality {spec['name']!r}: encoder must be one of {sorted(ENCODERS)}, got {kind!r}.")
     kwargs = {key: value for key, value in spec.items() if key not in ("name", "encoder")}
     try:
         encoder = ENCODERS[kind](**kwargs)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ValueError(f"modality {spec['name']!r}: invalid arguments for the {kind!r} encoder: {error}") from error
-    return str(spec["name"]), encoder
+    return spec["name"], encoder
+
+
+def _plain_value(value: Any, path: str) -> Any:
+    """Return ``value`` as plain JSON-like data (numpy scalars become Python numbers), or raise ``TypeError``.
+
+    The configuration is stored in checkpoints and hashed into the fingerprint, so it must
+    survive ``json.dumps`` and ``torch.load(weights_only=True)``.
+    """
+    # numpy.float64 subclasses float, so numpy scalars are converted before the plain types pass.
+    if isinstance(value, np.generic) and isinstance(value.item(), (bool, int, float, str)):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        return {key: _plain_value(item, f"{path}.{key}") for key, item in value.items()}
+    raise TypeError(
+        f"{path} must be plain data (numbers, strings, lists, dicts with string keys), got {type(value).__name__} {value!r}."
+    )

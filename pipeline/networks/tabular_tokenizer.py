@@ -54,13 +54,16 @@ class TabularTokenizer(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        cardinalities = [int(c) for c in categorical_cardinalities]
-        if any(c < 1 for c in cardinalities):
-            raise ValueError(f"every categorical cardinality must be at least 1, got {cardinalities}.")
-        if num_continuous < 0:
-            raise ValueError(f"num_continuous must be non-negative, got {num_continuous}.")
+        cardinalities = list(categorical_cardinalities)
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in cardinalities):
+            raise ValueError(f"every categorical cardinality must be an int of at least 1, got {cardinalities}.")
+        for name, value, minimum in (("dim", dim, 1), ("heads", heads, 1), ("depth", depth, 0), ("num_continuous", num_continuous, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int of at least {minimum}, got {value!r}.")
         if not cardinalities and num_continuous == 0:
             raise ValueError("TabularTokenizer needs at least one categorical or continuous column.")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}.")
         if dim % heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads}).")
 
@@ -172,5 +175,6 @@ class TabularTokenizer(nn.Module):
             row, column = invalid.nonzero()[0].tolist()
             raise ValueError(
                 f"continuous column {column} is {float(continuous[row, column])} in row {row} but not marked in "
-                "missing_values. Mark absent values there."
+                f"missing_values (its column {self.num_categorical + column} there, after the categorical columns). "
+                "Mark absent values there."
             )

@@ -15,11 +15,11 @@ Per sample, vectorised over the batch:
    (ties go to the lowest modality index), exactly one per step.
 5. Repeat until no sample is active. The prediction is the output under each sample's final mask.
 
-Rewards within a rounding tolerance of 0 count as exactly 0 (see ``reward_tolerance``).
-
-Cost per batch: one encoder pass (in :meth:`DyMoSelector.__call__`), then one fusion call for the
-start masks and the first step's candidates together, and one fusion call per later step for the
-remaining candidates of the active samples. Steps are at most the number of candidates.
+Cost per batch: one encoder pass (in :meth:`DyMoSelector.__call__`), then one fusion call per
+step. The first covers the start masks of all samples and the first candidates. Each later call
+covers the active samples' current masks again and their remaining candidates, so that a
+candidate is always compared with outputs from the same call: one that changes nothing gets a
+reward of exactly 0, not rounding noise of either sign. Steps are at most the number of candidates.
 """
 
 from __future__ import annotations
@@ -89,11 +89,10 @@ class DyMoSelector:
         calibration: ``"ratio"``, ``"log_ratio"`` or ``"none"``; see :mod:`pipeline.selection.reward`.
         tau: temperature of the quality softmax (0.1 in the published setting).
         zero_reward: what happens to a candidate whose reward is 0: ``"keep"`` or ``"drop"``.
-        reward_tolerance: rewards with ``|R| <=`` this value count as exactly 0. The current outputs
-            and a candidate's outputs can come from different fusion calls, whose rows differ by
-            rounding (about 1e-16 in float64), so a candidate that changes nothing would otherwise
-            get a reward of either sign. ``None`` uses ``64 * eps`` of the reward's dtype
-            (1.4e-14 for float64, 7.6e-6 for float32).
+        reward_tolerance: rewards with ``|R| <=`` this value count as exactly 0; 0 by default.
+            Each step fuses the current masks and the candidates in one call, so a candidate that
+            changes nothing already gets a reward of exactly 0. Quality saturates near 1 in float32,
+            so real rewards can be as small as a few 1e-7; a tolerance above that changes selections.
         check_fingerprint: set ``False`` only when the network is known to be the fitted one and
             hashing its weights is too slow.
 
@@ -111,7 +110,7 @@ class DyMoSelector:
         calibration: CalibrationRule = "ratio",
         tau: float = DEFAULT_TAU,
         zero_reward: ZeroRewardRule = "keep",
-        reward_tolerance: float | None = None,
+        reward_tolerance: float = 0.0,
         check_fingerprint: bool = True,
     ) -> None:
         if not isinstance(network, MaskedFusionTransformer):
@@ -127,8 +126,11 @@ class DyMoSelector:
             raise ValueError(f"zero_reward must be one of {ZERO_REWARD_RULES}, got {zero_reward!r}.")
         if not tau > 0:
             raise ValueError(f"tau must be positive, got {tau}.")
-        if reward_tolerance is not None and not reward_tolerance >= 0:
-            raise ValueError(f"reward_tolerance must be non-negative or None, got {reward_tolerance}.")
+        for name, value in (("tau", tau), ("reward_tolerance", reward_tolerance)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
+        if not reward_tolerance >= 0:
+            raise ValueError(f"reward_tolerance must be non-negative, got {reward_tolerance}.")
         if list(prototypes.modality_names) != list(network.modality_names):
             raise ValueError(
                 f"the prototypes were fitted for modalities {prototypes.modality_names}, "
@@ -181,12 +183,23 @@ class DyMoSelector:
             observed_tokens = None
             partly_observed = torch.zeros_like(present_mask)
             if observed_inputs:
-                observed_tokens = tokens.clone()
-                for name, value in observed_inputs.items():
+                unknown = sorted(set(observed_inputs) - set(self.network.modality_names))
+                if unknown:
+                    raise KeyError(f"observed_inputs names unknown modalities {unknown}; the network has {self.network.modality_names}.")
+                observed_tokens = self.network.encode(
+                    {name: observed_inputs.get(name, inputs[name]) for name in self.network.modality_names},
+                    present_mask & _columns(present_mask, self.network.modality_names, observed_inputs),
+                )
+                for name in observed_inputs:
+                    index = self.network.modality_names.index(name)
                     positions = self.network.token_slice(name)
-                    observed_tokens[:, positions] = self.network.encode_modality(name, value)
+                    rows = present_mask[:, index]
                     differs = (observed_tokens[:, positions] != tokens[:, positions]).flatten(1).any(dim=1)
-                    partly_observed[:, self.network.modality_names.index(name)] = differs
+                    partly_observed[:, index] = rows & differs
+                # Modalities without an observed state, and absent rows, keep their recovered tokens.
+                observed_state = present_mask & _columns(present_mask, self.network.modality_names, observed_inputs)
+                use_observed = observed_state[:, self.network.token_modality][..., None]
+                observed_tokens = torch.where(use_observed, observed_tokens, tokens)
         if candidate_mask is None:
             candidate_mask = ~present_mask | (present_mask & partly_observed)
         return self.select_tokens(tokens, present_mask, candidate_mask, observed_tokens)
@@ -222,40 +235,34 @@ class DyMoSelector:
             active = remaining.any(dim=-1)
             steps: list[SelectionStep] = []
 
-            # The first fusion call covers the start masks (candidate -1 adds no modality) and the
-            # first step's candidate pairs.
+            # The first fusion call covers every start mask and the first step's candidate pairs.
             pairs = (remaining & active[:, None]).nonzero()  # (C, 2): sample, candidate modality
-            start_rows = torch.arange(batch_size, device=tokens.device)
-            outputs = self._evaluate(
-                tokens,
-                observed_tokens,
-                present_mask,
-                admitted_mask,
-                torch.cat([start_rows, pairs[:, 0]]),
-                torch.cat([pairs.new_full((batch_size,), -1), pairs[:, 1]]),
-            )
-            current = {key: value[:batch_size] for key, value in outputs.items()}
-            outputs = {key: value[batch_size:] for key, value in outputs.items()}
+            current_rows = torch.arange(batch_size, device=tokens.device)
+            current, outputs = self._evaluate_step(tokens, observed_tokens, present_mask, admitted_mask, current_rows, pairs)
+            final = current  # (B, ...) outputs under each sample's latest mask
 
             while bool(active.any()):
                 logger.debug("Selection step %d: %d active samples, %d candidates.", len(steps) + 1, int(active.sum()), len(pairs))
-                rewards = self._step_rewards(current, outputs, pairs, present_mask.shape)
+                rewards = self._step_rewards(current, outputs, current_rows, pairs, present_mask.shape)
                 admitted, remaining, active = greedy_step(rewards, remaining, active, self.zero_reward)
                 steps.append(SelectionStep(rewards=rewards, admitted=admitted))
 
-                current = _adopt_admitted(current, outputs, pairs, admitted, num_modalities)
+                final = _adopt_admitted(final, outputs, pairs, admitted, num_modalities)
                 chosen = admitted >= 0
                 admitted_mask[chosen, admitted[chosen]] = True
 
                 if bool(active.any()):
+                    # Later steps fuse the active samples' current masks again, in the same call as
+                    # their candidates, so a candidate that changes nothing gets a reward of exactly 0.
                     pairs = (remaining & active[:, None]).nonzero()
-                    outputs = self._evaluate(
-                        tokens, observed_tokens, present_mask | admitted_mask, admitted_mask, pairs[:, 0], pairs[:, 1]
+                    current_rows = active.nonzero().flatten()
+                    current, outputs = self._evaluate_step(
+                        tokens, observed_tokens, present_mask | admitted_mask, admitted_mask, current_rows, pairs
                     )
 
         return SelectionResult(
-            logits=current["logits"],
-            embedding=current["embedding"],
+            logits=final["logits"],
+            embedding=final["embedding"],
             present_mask=present_mask | admitted_mask,
             start_mask=present_mask.clone(),
             candidate_mask=candidate_mask.clone(),
@@ -263,31 +270,61 @@ class DyMoSelector:
             steps=steps,
         )
 
+    def _evaluate_step(
+        self,
+        tokens: torch.Tensor,
+        observed_tokens: torch.Tensor,
+        current_mask: torch.Tensor,
+        admitted_mask: torch.Tensor,
+        current_rows: torch.Tensor,
+        pairs: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Fuse the current masks of ``current_rows`` ``(R,)`` and the candidate ``pairs`` ``(C, 2)`` in one call.
+
+        Returns the outputs of the current masks (``R`` rows) and of the pairs (``C`` rows).
+        """
+        outputs = self._evaluate(
+            tokens,
+            observed_tokens,
+            current_mask,
+            admitted_mask,
+            torch.cat([current_rows, pairs[:, 0]]),
+            torch.cat([pairs.new_full((len(current_rows),), -1), pairs[:, 1]]),  # -1 adds no modality
+        )
+        split = len(current_rows)
+        current = {key: value[:split] for key, value in outputs.items()}
+        candidates = {key: value[split:] for key, value in outputs.items()}
+        return current, candidates
+
     def _step_rewards(
         self,
         current: dict[str, torch.Tensor],
         outputs: dict[str, torch.Tensor],
+        current_rows: torch.Tensor,
         pairs: torch.Tensor,
         mask_shape: torch.Size,
     ) -> torch.Tensor:
-        """Scatter the reward of each pair ``(C, 2)`` into a ``(B, M)`` matrix, NaN where not evaluated."""
+        """Scatter the reward of each pair ``(C, 2)`` into a ``(B, M)`` matrix, NaN where not evaluated.
+
+        ``current`` holds the outputs of the samples ``current_rows`` ``(R,)`` under their current mask.
+        """
+        position = torch.full((mask_shape[0],), -1, dtype=torch.long, device=pairs.device)
+        position[current_rows] = torch.arange(len(current_rows), device=pairs.device)
+        current_of_pair = position[pairs[:, 0]]
+
         reward = modality_reward(
-            current["quality"][pairs[:, 0]],
-            current["ics"][pairs[:, 0]],
+            current["quality"][current_of_pair],
+            current["ics"][current_of_pair],
             outputs["quality"],
             outputs["ics"],
             self.calibration,
         )
-        reward = torch.where(reward.abs() <= self._zero_tolerance(reward.dtype), torch.zeros_like(reward), reward)
+        if self.reward_tolerance > 0:
+            reward = torch.where(reward.abs() <= self.reward_tolerance, torch.zeros_like(reward), reward)
 
         rewards = torch.full(tuple(mask_shape), torch.nan, dtype=reward.dtype, device=reward.device)
         rewards[pairs[:, 0], pairs[:, 1]] = reward
         return rewards
-
-    def _zero_tolerance(self, dtype: torch.dtype) -> float:
-        if self.reward_tolerance is not None:
-            return self.reward_tolerance
-        return 64 * torch.finfo(dtype).eps
 
     def _evaluate(
         self,
@@ -390,6 +427,12 @@ def _adopt_admitted(
     for key in updated:
         updated[key][chosen] = outputs[key][source]
     return updated
+
+
+def _columns(mask: torch.Tensor, modality_names: list[str], selected: Mapping[str, Any]) -> torch.Tensor:
+    """Return a ``(B, M)`` bool mask that is True in the columns of the ``selected`` modalities."""
+    columns = torch.tensor([name in selected for name in modality_names], device=mask.device)
+    return columns.expand_as(mask)
 
 
 def _check_mask_type(mask: Any, name: str) -> None:

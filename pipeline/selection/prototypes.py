@@ -122,6 +122,8 @@ class SubsetPrototypes:
     def save(self, path: str | Path) -> None:
         """Write the prototypes to ``path`` atomically, in a file ``torch.load(weights_only=True)`` reads."""
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory; pass the path of the prototypes file to write.")
         contents: dict[str, Any] = {name: getattr(self, name).detach().cpu() for name in _TENSOR_FIELDS}
         contents.update(
             format=FILE_FORMAT,
@@ -256,12 +258,20 @@ def fit_subset_prototypes(
     Args:
         network: the trained network; it is put in eval mode for the pass and restored after.
         batches: training batches (dicts with one entry per modality name, ``present_key`` of
-            shape ``(B, M)`` bool and ``label_key`` of shape ``(B,)``), e.g. a DataLoader.
+            shape ``(B, M)`` bool and ``label_key`` of shape ``(B,)``), e.g. a DataLoader. Use
+            one without ``drop_last``, so that every training subject counts, and without
+            shuffling, so that the sums run in a fixed order.
         present_key: batch key of the availability mask.
         label_key: batch key of the class labels.
         device: where to run; defaults to the device of the network's parameters.
         min_samples_per_class: see :func:`compute_subset_prototypes`.
     """
+    if not isinstance(network, MaskedFusionTransformer):
+        raise TypeError(f"network must be a MaskedFusionTransformer, got {type(network).__name__}.")
+    if isinstance(batches, Mapping):
+        raise TypeError("batches is a single batch (a mapping); pass an iterable of batches, e.g. [batch] or a DataLoader.")
+    if isinstance(min_samples_per_class, bool) or not isinstance(min_samples_per_class, int) or min_samples_per_class < 1:
+        raise ValueError(f"min_samples_per_class must be an int of at least 1, got {min_samples_per_class!r}.")
     if device is None:
         device = next(network.parameters()).device
     subsets = all_subsets(network.num_modalities).to(device)  # (S, M)

@@ -87,9 +87,14 @@ def check_device(name: str, device: Any) -> torch.device:
 
 
 def check_batch_source(name: str, batches: Any) -> None:
-    """Raise ``TypeError`` if ``batches`` is one batch (a mapping) instead of a collection of batches."""
+    """Raise ``TypeError`` for one batch (a mapping) in place of a collection, ``ValueError`` for an empty one.
+
+    Emptiness is checked only for collections that have a length (lists, DataLoaders).
+    """
     if isinstance(batches, Mapping):
         raise TypeError(
             f"{name} is a single batch (a mapping with keys {sorted(map(str, batches))}). Pass a list of "
             "batches or a DataLoader."
         )
+    if hasattr(batches, "__len__") and len(batches) == 0:
+        raise ValueError(f"{name} is empty; pass at least one batch.")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -174,7 +175,7 @@ def test_fuse_rejects_bad_mask(mask, error, message):
 def test_fuse_rejects_wrong_token_count():
     network = make_network()
 
-    with pytest.raises(ValueError, match=r"tokens must have shape \(B, 6, D\), got \(2, 5, 16\)"):
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, 6, 16\), got \(2, 5, 16\)"):
         network.fuse(torch.zeros(2, 5, 16, dtype=torch.float64), torch.ones(2, 3, dtype=torch.bool))
 
 
@@ -283,3 +284,91 @@ def test_encode_rejects_mixed_batch_sizes():
 
     with pytest.raises(ValueError, match="same batch size B .*'view0': 1, 'view1': 2"):
         network.encode(inputs)
+
+
+def test_numpy_numbers_become_plain_config():
+    network = MaskedFusionTransformer(
+        [{"name": "a", "encoder": "features", "in_features": np.int64(4), "num_tokens": np.int32(2)}],
+        num_classes=np.int64(2),
+        dim=16,
+        heads=4,
+        dropout=np.float64(0.1),
+    )
+
+    assert type(network.config["num_classes"]) is int
+    assert type(network.config["modalities"][0]["in_features"]) is int
+    assert type(network.config["dropout"]) is float
+    assert len(network_fingerprint(network)) == 64
+
+
+def test_non_plain_config_value_rejected():
+    with pytest.raises(TypeError, match=r"modalities\[0\].in_features must be plain data .* got Tensor"):
+        MaskedFusionTransformer(
+            [{"name": "a", "encoder": "features", "in_features": torch.tensor(4)}], num_classes=2, dim=16, heads=4
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"num_classes": 2.0}, ValueError, "num_classes must be a positive int, got 2.0"),
+        ({"num_classes": "2"}, ValueError, "num_classes must be a positive int, got '2'"),
+        ({"dropout": "0.1"}, TypeError, "dropout must be a number, got str"),
+        ({"mlp_ratio": 0}, ValueError, "mlp_ratio must be positive, got 0"),
+        ({"heads": 0}, ValueError, "heads must be a positive int, got 0"),
+    ],
+)
+def test_network_argument_types(kwargs, error, message):
+    arguments = {"num_classes": 2, "dim": 16, "heads": 4} | kwargs
+
+    with pytest.raises(error, match=message):
+        MaskedFusionTransformer(feature_modalities(2), **arguments)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": 3, "encoder": "features", "in_features": 2}, "'name' must be a non-empty string, got 3"),
+        ({"name": "a", "encoder": "features", "in_features": 0}, "modality 'a': invalid arguments for the 'features' encoder"),
+        ({"name": "t", "encoder": "tabular", "num_continuous": 2, "dim": 0}, "modality 't': .* dim must be an int of at least 1"),
+    ],
+)
+def test_modality_errors_name_the_modality(spec, message):
+    with pytest.raises(ValueError, match=message):
+        MaskedFusionTransformer([spec], num_classes=2, dim=16, heads=4)
+
+
+def test_fuse_rejects_wrong_width_and_dtype():
+    network = make_network()
+    mask = torch.ones(2, 3, dtype=torch.bool)
+
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, 6, 16\), got \(2, 6, 8\)"):
+        network.fuse(torch.zeros(2, 6, 8, dtype=torch.float64), mask)
+    with pytest.raises(TypeError, match="tokens have dtype torch.float32 but the network's weights are torch.float64"):
+        network.fuse(torch.zeros(2, 6, 16), mask)
+
+
+def test_encode_rejects_numpy_input():
+    network = make_network()
+    inputs = random_inputs(network, 2)
+    inputs["view0"] = inputs["view0"].numpy()
+
+    with pytest.raises(TypeError, match="input of modality 'view0' must be a tensor or a mapping of tensors, got ndarray"):
+        network.encode(inputs)
+
+
+def test_encode_checks_every_tensor_of_a_mapping_input():
+    torch.manual_seed(0)
+    network = MaskedFusionTransformer(
+        [
+            {"name": "a", "encoder": "features", "in_features": 2},
+            {"name": "t", "encoder": "tabular", "categorical_cardinalities": [2], "num_continuous": 1, "dim": 8, "heads": 2},
+        ],
+        num_classes=2,
+        dim=16,
+        heads=4,
+    ).eval()
+    inputs = {"a": torch.zeros(4, 2), "t": {"categorical": torch.zeros(4, 1, dtype=torch.long), "continuous": torch.zeros(3, 1)}}
+
+    with pytest.raises(ValueError, match=r"same batch size B .*'t.continuous': 3"):
+        network.encode(inputs, torch.ones(4, 2, dtype=torch.bool))

@@ -326,7 +326,7 @@ def test_selection_report_records():
 
 
 def test_selector_rejects_negative_tolerance():
-    with pytest.raises(ValueError, match="reward_tolerance must be non-negative or None, got -1.0"):
+    with pytest.raises(ValueError, match="reward_tolerance must be non-negative, got -1.0"):
         fitted_selector(reward_tolerance=-1.0)
 
 
@@ -431,3 +431,50 @@ def test_default_candidates_with_partly_observed_modality():
 
     assert result.candidate_mask.tolist() == [[False, True, True], [False, False, True], [False, True, True]]
     assert torch.equal(result.start_mask, present)
+
+
+@pytest.mark.parametrize("count", [0, -5, 1.5, True])
+def test_fit_rejects_bad_minimum_count(count):
+    network = make_network()
+
+    with pytest.raises(ValueError, match="min_samples_per_class must be an int of at least 1"):
+        fit_subset_prototypes(network, [make_batch(network)], min_samples_per_class=count)
+
+
+def test_fit_rejects_single_batch_and_non_network():
+    network = make_network()
+
+    with pytest.raises(TypeError, match="batches is a single batch"):
+        fit_subset_prototypes(network, make_batch(network))
+    with pytest.raises(TypeError, match="network must be a MaskedFusionTransformer, got NoneType"):
+        fit_subset_prototypes(None, [make_batch(network)])
+
+
+def test_save_to_directory_rejected(tmp_path):
+    network = make_network()
+    prototypes = fit_subset_prototypes(network, [make_batch(network)])
+
+    with pytest.raises(ValueError, match="is a directory; pass the path of the prototypes file"):
+        prototypes.save(tmp_path)
+
+
+def test_observed_inputs_unknown_modality():
+    network, selector = fitted_selector()
+    inputs = make_batch(network, batch_size=2)
+
+    with pytest.raises(KeyError, match=r"observed_inputs names unknown modalities \['tabel'\]"):
+        selector(inputs, torch.ones(2, 3, dtype=torch.bool), observed_inputs={"tabel": inputs["view1"]})
+
+
+def test_observed_inputs_skip_absent_rows():
+    network, selector = fitted_selector()
+    inputs = make_batch(network, batch_size=2)
+    observed = inputs["view1"].clone()
+    observed[0] = float("nan")  # subject 0 lacks view1, so its observed placeholder is never encoded
+    observed[1] += 1.0
+    present = torch.tensor([[True, False, False], [True, True, False]])
+
+    result = selector(inputs, present, observed_inputs={"view1": observed})
+
+    assert torch.isfinite(result.logits).all()
+    assert result.candidate_mask.tolist() == [[False, True, True], [False, True, True]]

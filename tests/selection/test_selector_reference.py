@@ -14,6 +14,7 @@ which :func:`test_candidate_without_effect_never_admitted` covers. Shape letters
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import math
@@ -664,9 +665,8 @@ def test_candidate_without_effect_never_admitted(embedding, zero_reward):
     Its reward is therefore exactly 0 in every step, so it must never be admitted. Rule ``"drop"``
     removes it after the first step, and rule ``"keep"`` evaluates it again in every later step.
 
-    From the second step on, the current outputs come from an earlier fusion call over other rows,
-    so the computed reward is rounding noise of about 1e-16 with either sign. The selector's
-    ``reward_tolerance`` must map it to 0.
+    The selector fuses the current masks in the same call as the candidates, so the reward is
+    exactly 0 rather than rounding noise of either sign.
     """
     problem = cached_problem(5, embedding, seed=0)
     present_mask = problem.present_mask.clone()
@@ -683,3 +683,23 @@ def test_candidate_without_effect_never_admitted(embedding, zero_reward):
         problem, "none", zero_reward, present_mask=present_mask, candidate_mask=candidate_mask, observed_inputs=observed_inputs
     )
     assert_matches_reference(result, references)
+
+
+@pytest.mark.parametrize("embedding", EMBEDDINGS)
+def test_candidate_without_effect_never_admitted_float32(embedding):
+    """The same check in float32, where rounding noise between fusion calls is about 1e-7."""
+    problem = cached_problem(5, embedding, seed=0)
+    network = copy.deepcopy(problem.network).float()
+    training = {key: value.float() if value.is_floating_point() else value for key, value in problem.training.items()}
+    prototypes = fit_subset_prototypes(network, [training])
+    inputs = {name: value.float() for name, value in problem.inputs.items()}
+    present_mask = problem.present_mask.clone()
+    present_mask[:, 4] = True
+    candidate_mask = ~present_mask
+    candidate_mask[:, 4] = True
+    selector = DyMoSelector(network, prototypes, calibration="none", zero_reward="keep")
+
+    result = selector(inputs, present_mask, candidate_mask, {"modality4": inputs["modality4"].clone()})
+
+    assert len(result.steps) >= 2
+    assert not bool(result.admitted_mask[:, 4].any()), result.admission_order()

@@ -336,3 +336,14 @@ def test_directory_checkpoint_path_fails_before_training(network_factory, batch_
 
     for name, value in network.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+def test_empty_validation_rejected_before_training(network_factory, batch_factory):
+    network = network_factory()
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    trainer = SubsetTrainer(network, max_epochs=2)
+
+    with pytest.raises(ValueError, match="val_batches is empty; pass at least one batch"):
+        trainer.fit(batch_factory(16, seed=0), [])
+
+    assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
