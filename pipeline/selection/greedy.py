@@ -17,9 +17,9 @@ Per sample, vectorised over the batch:
 
 Cost per batch: one encoder pass (in :meth:`DyMoSelector.__call__`), then one fusion call per
 step. The first covers the start masks of all samples and the first candidates. Each later call
-covers the active samples' current masks again and their remaining candidates, so that a
-candidate is always compared with outputs from the same call: one that changes nothing gets a
-reward of exactly 0, not rounding noise of either sign. Steps are at most the number of candidates.
+covers the active samples' current masks again and their remaining candidates. So a candidate is
+always compared with outputs from the same call, and one that changes nothing gets a reward of
+exactly 0, not rounding noise of either sign. Steps are at most the number of candidates.
 """
 
 from __future__ import annotations
@@ -306,7 +306,7 @@ class DyMoSelector:
     ) -> torch.Tensor:
         """Scatter the reward of each pair ``(C, 2)`` into a ``(B, M)`` matrix, NaN where not evaluated.
 
-        ``current`` holds the outputs of the samples ``current_rows`` ``(R,)`` under their current mask.
+        ``current`` contains the outputs of the samples ``current_rows`` ``(R,)`` under their current mask.
         """
         position = torch.full((mask_shape[0],), -1, dtype=torch.long, device=pairs.device)
         position[current_rows] = torch.arange(len(current_rows), device=pairs.device)
