@@ -1,0 +1,219 @@
+"""Check a whole cohort at once: schema, manifest, image files and a light image header check.
+
+:func:`check_cohort` never stops at the first finding. It returns a :class:`CohortReport` with
+every problem and a summary, which ``python -m pipeline check-cohort`` prints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel
+import pandas as pd
+from nibabel.filebasedimages import ImageFileError
+
+from pipeline.data.manifest import SPLITS, Manifest, ManifestError, Problem, read_manifest
+from pipeline.data.schema import LABEL_COLUMN, CohortSchema, ImageModality, SchemaError, load_schema
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Split name used in the summary for subjects without a valid split.
+NO_SPLIT = "(none)"
+
+ExtraCheck = Callable[[Manifest], list[Problem]]
+
+
+@dataclass
+class CohortSummary:
+    """Counts describing a cohort, each table indexed by split or modality.
+
+    ``label_balance`` has one row per split and one column per class name. ``image_availability``
+    has one row per image modality and the columns ``subjects``, ``listed`` (a path was given)
+    and ``readable`` (the path passed the checks). ``missing_rate`` has one row per clinical
+    column and the columns ``all`` and one per split, as fractions in ``[0, 1]``.
+    """
+
+    subjects_per_split: pd.Series
+    label_balance: pd.DataFrame
+    image_availability: pd.DataFrame
+    missing_rate: pd.DataFrame
+    extra_columns: tuple[str, ...] = ()
+    has_split_column: bool = True
+
+
+@dataclass
+class CohortReport:
+    """Every problem found in a cohort, and its summary when the manifest could be read."""
+
+    manifest_path: Path
+    schema_path: Path
+    problems: list[Problem] = field(default_factory=list)
+    summary: CohortSummary | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether no problem has severity ``error``."""
+        return not any(problem.severity == "error" for problem in self.problems)
+
+
+def _nifti_header_problem(path: Path) -> tuple[str, str] | None:
+    """Load only the NIfTI header; return ``(message, fix)`` for an unreadable file or empty shape."""
+    try:
+        shape = nibabel.load(path).shape
+    except (ImageFileError, OSError, EOFError, ValueError) as error:
+        return f"cannot read the NIfTI header of {path}: {error}", "re-export the image; a .nii.gz file must be gzip-compressed"
+
+    if len(shape) == 0 or 0 in shape:
+        return (
+            f"NIfTI image {path} has shape {tuple(shape)} with a zero-size dimension, so it contains no voxels",
+            "re-export the image and check dim[] in its header",
+        )
+    return None
+
+
+def _image_problem(path: Path, image: ImageModality, row: int, manifest_path: Path) -> Problem | None:
+    """Check that one image path exists and looks like a NIfTI file or a DICOM series folder."""
+    def problem(message: str, fix: str) -> Problem:
+        return Problem("error", manifest_path, message, fix, row, image.column, str(path))
+
+    if not path.exists():
+        return problem(
+            f"image of modality {image.modality!r} not found: {path}",
+            "correct the path (relative to the manifest's folder) or leave the cell empty",
+        )
+
+    if path.name.endswith(NIFTI_SUFFIXES):
+        if not path.is_file():
+            return problem(f"NIfTI path {path} is not a file", "point the cell at the .nii or .nii.gz file")
+        header_problem = _nifti_header_problem(path)
+        return None if header_problem is None else problem(*header_problem)
+
+    if path.is_dir():
+        if not any(child.is_file() and not child.name.startswith(".") for child in path.rglob("*")):
+            return problem(
+                f"DICOM series folder {path} contains no files", "copy the series into the folder or leave the cell empty"
+            )
+        return None
+
+    return problem(
+        f"{path} is neither a NIfTI file ({', '.join(NIFTI_SUFFIXES)}) nor a DICOM series folder",
+        "convert the image to NIfTI or point the cell at the folder of the DICOM series",
+    )
+
+
+def check_images(manifest: Manifest) -> list[Problem]:
+    """Check every image path in the manifest; DICOM folders are only checked for files."""
+    problems = []
+    for image in manifest.schema.images:
+        for row, path in enumerate(manifest.frame[image.column], start=1):
+            if path is None:
+                continue
+            problem = _image_problem(path, image, row, manifest.path)
+            if problem is not None:
+                problems.append(problem)
+    return problems
+
+
+def _split_labels(manifest: Manifest) -> pd.Series:
+    return manifest.frame[manifest.split_column].fillna(NO_SPLIT)
+
+
+def summarize(manifest: Manifest, image_problems: Sequence[Problem] = ()) -> CohortSummary:
+    """Count subjects, classes, images and missing clinical values per split."""
+    frame = manifest.frame
+    schema: CohortSchema = manifest.schema
+    splits = _split_labels(manifest)
+    split_order = [split for split in (*SPLITS, NO_SPLIT) if (splits == split).any()]
+
+    subjects_per_split = splits.value_counts().reindex(split_order, fill_value=0).rename("subjects")
+
+    class_names = frame[LABEL_COLUMN].map(lambda class_id: schema.label.classes[class_id], na_action="ignore")
+    label_balance = (
+        pd.crosstab(splits, class_names.fillna("(no label)"))
+        .reindex(index=split_order, fill_value=0)
+        .reindex(columns=[*schema.label.classes, *(["(no label)"] if class_names.isna().any() else [])], fill_value=0)
+    )
+    label_balance.index.name = "split"
+    label_balance.columns.name = None
+
+    unreadable = {(problem.row, problem.column) for problem in image_problems}
+    availability_rows = []
+    for image in schema.images:
+        listed = [row for row, path in enumerate(frame[image.column], start=1) if path is not None]
+        readable = [row for row in listed if (row, image.column) not in unreadable]
+        availability_rows.append({"modality": image.modality, "subjects": len(frame), "listed": len(listed), "readable": len(readable)})
+    image_availability = pd.DataFrame(availability_rows, columns=["modality", "subjects", "listed", "readable"]).set_index("modality")
+
+    clinical = list(schema.clinical_columns)
+    missing = frame[clinical].isna()
+    missing_rate = pd.DataFrame({"all": missing.mean()}, index=clinical)
+    for split in split_order:
+        missing_rate[split] = missing[(splits == split).to_numpy()].mean()
+    missing_rate.index.name = "column"
+
+    return CohortSummary(
+        subjects_per_split, label_balance, image_availability, missing_rate, manifest.extra_columns, manifest.has_split_column
+    )
+
+
+def check_cohort(
+    manifest_path: str | Path,
+    schema_path: str | Path,
+    *,
+    extra_checks: Sequence[ExtraCheck] = (),
+) -> CohortReport:
+    """Check a cohort and report every problem at once.
+
+    Runs, in order: schema validation, manifest parsing, image existence, a NIfTI header check
+    (shape without zero-size dimensions) and a file count for DICOM series folders, then each of
+    ``extra_checks`` on the parsed manifest. A schema or manifest that cannot be read at all ends
+    the checks early with its problems and no summary.
+
+    Args:
+        manifest_path: the cohort's manifest CSV.
+        schema_path: the cohort schema YAML.
+        extra_checks: functions run on the parsed manifest, each returning its problems, for
+            deeper checks such as reading DICOM headers.
+    """
+    manifest_path, schema_path = Path(manifest_path), Path(schema_path)
+    report = CohortReport(manifest_path, schema_path)
+
+    try:
+        schema = load_schema(schema_path)
+    except SchemaError as error:
+        report.problems.extend(
+            Problem("error", schema_path, f"{key_path or '<top level>'}: {message}", fix="correct the schema file")
+            for key_path, message in error.errors
+        )
+        return report
+    except FileNotFoundError as error:
+        report.problems.append(Problem("error", schema_path, str(error)))
+        return report
+
+    try:
+        manifest = read_manifest(manifest_path, schema)
+    except ManifestError as error:
+        report.problems.extend(error.problems)
+        return report
+    except (FileNotFoundError, ValueError) as error:
+        report.problems.append(Problem("error", manifest_path, str(error)))
+        return report
+
+    image_problems = check_images(manifest)
+    report.problems.extend(manifest.problems)
+    report.problems.extend(image_problems)
+    for extra_check in extra_checks:
+        report.problems.extend(extra_check(manifest))
+    # Whole-file findings first, then by data row; the sort is stable within a row.
+    report.problems.sort(key=lambda problem: 0 if problem.row is None else problem.row)
+
+    report.summary = summarize(manifest, image_problems)
+    logger.info(
+        "Checked cohort %s: %d subjects, %d problem(s), usable: %s",
+        schema.name, len(manifest.frame), len(report.problems), report.usable,
+    )
+    return report

@@ -1,0 +1,1 @@
+"""Real source files copied into the package for the cohort builders; see ``PROVENANCE.md`` here."""

@@ -1,0 +1,131 @@
+"""Tests for check_cohort: image checks, summary numbers and problem collection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+
+from pipeline.data.check import check_cohort
+from pipeline.data.manifest import Problem
+from tests.data.test_manifest import HEADER, ROWS, write_cohort
+
+
+def save_nifti(path: Path, shape: tuple[int, ...]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(np.zeros(shape, dtype=np.int16), np.eye(4)), path)
+
+
+@pytest.fixture
+def cohort(tmp_path: Path) -> tuple[Path, Path]:
+    save_nifti(tmp_path / "images/s01.nii.gz", (8, 8, 4))
+    save_nifti(tmp_path / "images/s03.nii.gz", (8, 8, 4))
+    return write_cohort(tmp_path)
+
+
+def test_valid_cohort_summary(cohort):
+    report = check_cohort(*cohort)
+    summary = report.summary
+
+    assert report.usable
+    assert report.problems == []
+    assert summary.subjects_per_split.to_dict() == {"train": 2, "val": 1, "test": 1}
+    assert summary.label_balance.loc["train"].tolist() == [1, 1]
+    assert summary.label_balance.loc["val"].tolist() == [0, 1]
+    assert summary.label_balance.loc["test"].tolist() == [1, 0]
+    assert list(summary.label_balance.columns) == ["healthy", "disease"]
+    assert summary.image_availability.loc["cine"].tolist() == [4, 2, 2]
+    assert summary.missing_rate.loc["chol", "all"] == 0.5
+    assert summary.missing_rate.loc["chol", "train"] == 0.5
+    assert summary.missing_rate.loc["age", "test"] == 1.0
+    assert summary.missing_rate.loc["sex", "val"] == 1.0
+    assert summary.extra_columns == ("site",)
+
+
+def test_missing_image_file(cohort):
+    (cohort[0].parent / "images/s03.nii.gz").unlink()
+
+    report = check_cohort(*cohort)
+
+    assert not report.usable
+    assert [(p.row, p.column) for p in report.problems] == [(3, "cine_path")]
+    assert "not found" in report.problems[0].message
+    assert report.summary.image_availability.loc["cine"].tolist() == [4, 2, 1]
+
+
+def test_nifti_zero_size_dimension(cohort):
+    save_nifti(cohort[0].parent / "images/s03.nii.gz", (8, 0, 4))
+
+    report = check_cohort(*cohort)
+
+    assert len(report.problems) == 1
+    assert "shape (8, 0, 4) with a zero-size dimension" in report.problems[0].message
+    assert "s03.nii.gz" in report.problems[0].message
+
+
+def test_corrupt_nifti_reported(cohort):
+    (cohort[0].parent / "images/s03.nii.gz").write_bytes(b"not gzip")
+
+    report = check_cohort(*cohort)
+
+    assert len(report.problems) == 1
+    assert "cannot read the NIfTI header" in report.problems[0].message
+
+
+def test_dicom_folder_needs_files(tmp_path):
+    save_nifti(tmp_path / "images/s01.nii.gz", (8, 8, 4))
+    (tmp_path / "dicom/s03").mkdir(parents=True)
+    rows = [ROWS[0], ROWS[1], ROWS[2].replace("images/s03.nii.gz", "dicom/s03"), ROWS[3]]
+    manifest_path, schema_path = write_cohort(tmp_path, rows)
+
+    empty = check_cohort(manifest_path, schema_path)
+    (tmp_path / "dicom/s03/IM0001.dcm").write_bytes(b"\0" * 132)
+    filled = check_cohort(manifest_path, schema_path)
+
+    assert [p.row for p in empty.problems] == [3]
+    assert "contains no files" in empty.problems[0].message
+    assert filled.usable
+
+
+def test_all_faults_in_one_report(tmp_path):
+    save_nifti(tmp_path / "images/s01.nii.gz", (8, 8, 4))
+    rows = [ROWS[0], "s01,train,2,,F,41,0,A", 's03,val,1,images/s03.nii.gz,M,57,"12,5",B']
+    manifest_path, schema_path = write_cohort(tmp_path, rows)
+
+    report = check_cohort(manifest_path, schema_path)
+
+    assert sorted((p.row, p.column) for p in report.problems) == [(2, "subject_id"), (3, "chol"), (3, "cine_path")]
+    assert not report.usable
+
+
+def test_schema_errors_become_problems(tmp_path):
+    manifest_path, schema_path = write_cohort(tmp_path)
+    schema_path.write_text("name: toy\nlabel: {column: num, rule: threshold, greater_than: 0, classes: [a, b]}\ncolour: red\n")
+
+    report = check_cohort(manifest_path, schema_path)
+
+    assert not report.usable
+    assert report.summary is None
+    assert [p.file for p in report.problems] == [schema_path, schema_path]
+    assert any("colour: unknown key" in p.message for p in report.problems)
+
+
+def test_missing_column_becomes_problem(tmp_path):
+    manifest_path, schema_path = write_cohort(tmp_path, header=HEADER.replace("age", "Age"))
+
+    report = check_cohort(manifest_path, schema_path)
+
+    assert [p.column for p in report.problems] == ["age"]
+    assert "Did you mean 'Age'?" in report.problems[0].message
+
+
+def test_extra_checks_run(cohort):
+    def flag_first(manifest):
+        return [Problem("warning", manifest.path, "looked at", row=1)]
+
+    report = check_cohort(*cohort, extra_checks=[flag_first])
+
+    assert [p.message for p in report.problems] == ["looked at"]
+    assert report.usable
