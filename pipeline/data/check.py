@@ -11,12 +11,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel
 import pandas as pd
-from nibabel.filebasedimages import ImageFileError
 
-from pipeline.data.manifest import SPLITS, Manifest, ManifestError, Problem, read_manifest
-from pipeline.data.schema import LABEL_COLUMN, CohortSchema, ImageModality, SchemaError, load_schema
+from pipeline.data.dicom import DicomSeriesError, index_dicom_folder
+from pipeline.data.manifest import (
+    SPLITS,
+    Manifest,
+    ManifestError,
+    Problem,
+    read_manifest,
+)
+from pipeline.data.nifti import NiftiFileError, check_nifti
+from pipeline.data.schema import (
+    LABEL_COLUMN,
+    CohortSchema,
+    ImageModality,
+    SchemaError,
+    load_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +73,25 @@ class CohortReport:
 
 
 def _nifti_header_problem(path: Path) -> tuple[str, str] | None:
-    """Load only the NIfTI header; return ``(message, fix)`` for an unreadable file or empty shape."""
+    """Check a NIfTI file's name, bytes and header without its image data; return ``(message, fix)`` or None."""
     try:
-        shape = nibabel.load(path).shape
-    except (ImageFileError, OSError, EOFError, ValueError) as error:
-        return f"cannot read the NIfTI header of {path}: {error}", "re-export the image; a .nii.gz file must be gzip-compressed"
+        check_nifti(path)
+    except NiftiFileError as error:
+        return str(error), "re-export the image as NIfTI and check its header (dim, qform and sform)"
+    return None
 
-    if len(shape) == 0 or 0 in shape:
+
+def _dicom_folder_problem(path: Path) -> tuple[str, str] | None:
+    """Index a DICOM folder from its headers; return ``(message, fix)`` unless it holds exactly one series."""
+    try:
+        series = index_dicom_folder(path)
+    except DicomSeriesError as error:
+        return str(error), "copy the subject's DICOM series into the folder or leave the cell empty"
+    if len(series) > 1:
+        listing = "; ".join(item.describe() for item in series)
         return (
-            f"NIfTI image {path} has shape {tuple(shape)} with a zero-size dimension, so it contains no voxels",
-            "re-export the image and check dim[] in its header",
+            f"DICOM folder {path} contains {len(series)} series ({listing}), so the image to use is ambiguous",
+            "keep one series per subject folder (move the others, e.g. localisers, elsewhere)",
         )
     return None
 
@@ -93,11 +114,8 @@ def _image_problem(path: Path, image: ImageModality, row: int, manifest_path: Pa
         return None if header_problem is None else problem(*header_problem)
 
     if path.is_dir():
-        if not any(child.is_file() and not child.name.startswith(".") for child in path.rglob("*")):
-            return problem(
-                f"DICOM series folder {path} contains no files", "copy the series into the folder or leave the cell empty"
-            )
-        return None
+        folder_problem = _dicom_folder_problem(path)
+        return None if folder_problem is None else problem(*folder_problem)
 
     return problem(
         f"{path} is neither a NIfTI file ({', '.join(NIFTI_SUFFIXES)}) nor a DICOM series folder",
@@ -106,7 +124,7 @@ def _image_problem(path: Path, image: ImageModality, row: int, manifest_path: Pa
 
 
 def check_images(manifest: Manifest) -> list[Problem]:
-    """Check every image path in the manifest; DICOM folders are only checked for files."""
+    """Check every image path: NIfTI headers, and DICOM folders indexed from their headers."""
     problems = []
     for image in manifest.schema.images:
         for row, path in enumerate(manifest.frame[image.column], start=1):

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.data.check import check_cohort
 from pipeline.data.manifest import Problem
+from tests.data.test_dicom import write_stack
 from tests.data.test_manifest import HEADER, ROWS, write_cohort
 
 
@@ -61,7 +62,7 @@ def test_nifti_zero_size_dimension(cohort):
     report = check_cohort(*cohort)
 
     assert len(report.problems) == 1
-    assert "shape (8, 0, 4) with a zero-size dimension" in report.problems[0].message
+    assert "zero-size spatial dimension in shape (8, 0, 4)" in report.problems[0].message
     assert "s03.nii.gz" in report.problems[0].message
 
 
@@ -71,22 +72,31 @@ def test_corrupt_nifti_reported(cohort):
     report = check_cohort(*cohort)
 
     assert len(report.problems) == 1
-    assert "cannot read the NIfTI header" in report.problems[0].message
+    assert "not a NIfTI-1 or NIfTI-2 file" in report.problems[0].message
 
 
-def test_dicom_folder_needs_files(tmp_path):
+def test_dicom_folder_needs_one_series(tmp_path):
     save_nifti(tmp_path / "images/s01.nii.gz", (8, 8, 4))
-    (tmp_path / "dicom/s03").mkdir(parents=True)
+    folder = tmp_path / "dicom/s03"
+    folder.mkdir(parents=True)
     rows = [ROWS[0], ROWS[1], ROWS[2].replace("images/s03.nii.gz", "dicom/s03"), ROWS[3]]
     manifest_path, schema_path = write_cohort(tmp_path, rows)
 
     empty = check_cohort(manifest_path, schema_path)
-    (tmp_path / "dicom/s03/IM0001.dcm").write_bytes(b"\0" * 132)
-    filled = check_cohort(manifest_path, schema_path)
+    (folder / "IM0001.dcm").write_bytes(b"\0" * 132)
+    junk = check_cohort(manifest_path, schema_path)
+    write_stack(folder / "sax", np.zeros((8, 8, 3), dtype=np.uint16), [0.0, 8.0, 16.0], description="SAX_TEST")
+    one_series = check_cohort(manifest_path, schema_path)
+    write_stack(folder / "loc", np.zeros((8, 8, 2), dtype=np.uint16), [0.0, 5.0], series_number=2, description="LOC_TEST")
+    two_series = check_cohort(manifest_path, schema_path)
 
     assert [p.row for p in empty.problems] == [3]
-    assert "contains no files" in empty.problems[0].message
-    assert filled.usable
+    assert "No DICOM image files" in empty.problems[0].message
+    assert [p.row for p in junk.problems] == [3]
+    assert one_series.usable
+    assert [p.row for p in two_series.problems] == [3]
+    assert "contains 2 series" in two_series.problems[0].message
+    assert "LOC_TEST" in two_series.problems[0].message
 
 
 def test_all_faults_in_one_report(tmp_path):
