@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline check-cohort`` and ``python -m pipeline build-cohort``.
+"""Command line: ``python -m pipeline check-cohort``, ``build-cohort`` and ``write-masks``.
 
 Exit codes: 0 on success, 1 when the cohort is not usable or the build failed, 2 for usage
 errors (unknown options, input files that do not exist).
@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+# Cohort schemas shipped with the repository; build-cohort reads configs/<name>.yaml from here.
+REPOSITORY_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -107,8 +111,35 @@ def _run_build_cohort(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
     logger.info("Built cohort %s in %s", args.name, args.output)
-    if result is not None:
-        print(result)
+    schema_path = args.schema or REPOSITORY_CONFIGS / f"{args.name}.yaml"
+    if not schema_path.is_file():
+        print(
+            f"error: schema {schema_path} not found, so no missingness masks were written; pass --schema PATH",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    status = _write_masks(Path(result), schema_path, args.output, seeds=[0 if args.seed is None else args.seed])
+    print(result)
+    return status
+
+
+def _run_write_masks(args: argparse.Namespace) -> int:
+    return _write_masks(args.manifest, args.schema, args.manifest.parent, seeds=args.seeds, etas=args.etas, gammas=args.gammas)
+
+
+def _write_masks(manifest_path: Path, schema_path: Path, cohort_dir: Path, **settings: Any) -> int:
+    from pipeline.data.cohort_masks import write_cohort_masks
+    from pipeline.data.manifest import ManifestError, read_manifest
+    from pipeline.data.schema import SchemaError
+
+    options = {key: value for key, value in settings.items() if value is not None}
+    try:
+        manifest = read_manifest(manifest_path, schema_path, strict=True)
+        paths = write_cohort_masks(manifest, cohort_dir, **options)
+    except (ManifestError, SchemaError, ValueError, FileNotFoundError) as error:
+        print(f"error: cannot write missingness masks for {manifest_path}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    logger.info("Wrote %d masks under %s", len(paths), Path(cohort_dir) / "missingness")
     return EXIT_OK
 
 
@@ -124,8 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build-cohort", help="build a named cohort folder (manifest, images, masks)")
     build.add_argument("name", help="cohort name known to pipeline.data.cohorts")
     build.add_argument("--output", type=Path, required=True, help="folder to write the cohort into")
-    build.add_argument("--seed", type=int, default=None, help="random seed (default: the builder's default)")
+    build.add_argument("--seed", type=int, default=None, help="random seed of the build and the masks (default 0)")
+    build.add_argument(
+        "--schema", type=Path, default=None, help="schema used to write the masks (default: configs/NAME.yaml)"
+    )
     build.set_defaults(handler=_run_build_cohort)
+
+    masks = commands.add_parser(
+        "write-masks", help="simulate missingness masks for a cohort and write them next to its manifest"
+    )
+    masks.add_argument("--manifest", type=Path, required=True, help="manifest CSV of the cohort")
+    masks.add_argument("--schema", type=Path, required=True, help="cohort schema YAML (see configs/)")
+    masks.add_argument("--seeds", type=int, nargs="+", default=None, help="simulation seeds (default: 0)")
+    masks.add_argument("--etas", type=float, nargs="+", default=None, help="modality missing rates eta in [0, 1]")
+    masks.add_argument("--gammas", type=float, nargs="+", default=None, help="clinical value missing rates gamma in [0, 1]")
+    masks.set_defaults(handler=_run_write_masks)
     return parser
 
 

@@ -79,11 +79,12 @@ def test_main_unknown_command_exits_two():
     assert cli.main(["frobnicate"]) == 2
 
 
-def test_build_cohort_passes_arguments(tmp_path, monkeypatch):
+def test_build_cohort_passes_arguments(tmp_path, monkeypatch, capsys):
     calls = []
 
     def fake_build_cohort(name, output_dir, **options):
         calls.append((name, output_dir, options))
+        return output_dir / "manifest.csv"
 
     import pipeline.data.cohorts as cohorts
 
@@ -91,8 +92,9 @@ def test_build_cohort_passes_arguments(tmp_path, monkeypatch):
 
     code = cli.main(["build-cohort", "toy", "--output", str(tmp_path), "--seed", "7"])
 
-    assert code == 0
     assert calls == [("toy", tmp_path, {"seed": 7})]
+    assert code == 1  # no configs/toy.yaml, so no masks can be written
+    assert "toy.yaml not found, so no missingness masks were written" in capsys.readouterr().err
 
 
 def test_build_cohort_unavailable(tmp_path, monkeypatch, capsys):
