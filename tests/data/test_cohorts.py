@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import torch
 
 from pipeline.data.cohorts import COHORT_BUILDERS, build_cohort
+from pipeline.data.transforms import LoadModalityImaged
 
 CAD_LIMIT = 100
 POLYMNIST_LIMIT = 50
@@ -139,7 +141,8 @@ def test_cad_image_only_with_ca_and_thal(cad_folder: Path) -> None:
 def test_cad_nifti_shape_and_range(cad_folder: Path) -> None:
     image = nib.load(cad_folder / "images" / "uci-0002.nii.gz")
     data = np.asarray(image.dataobj)
-    assert data.shape == (64, 64, 16)
+    assert data.shape == (64, 64, 1, 16)
+    assert image.header.get_zooms()[3] == pytest.approx(69.47, abs=1e-3)
     assert data.dtype == np.int16
     assert data.min() >= 0
     assert data.max() <= 4095
@@ -157,7 +160,7 @@ def test_cad_dicom_share_matches_nifti(cad_folder: Path) -> None:
         frames = sorted((pydicom.dcmread(path) for path in files), key=lambda frame: float(frame.TriggerTime))
         nifti = np.asarray(nib.load(cad_folder / "images" / f"{subject_id}.nii.gz").dataobj)
         for index, frame in enumerate(frames):
-            assert np.array_equal(frame.pixel_array.T, nifti[:, :, index]), (subject_id, index)
+            assert np.array_equal(frame.pixel_array, nifti[:, :, 0, index]), (subject_id, index)
 
 
 def test_cad_dicom_identifiers_only_subject(cad_folder: Path) -> None:
@@ -220,3 +223,15 @@ def test_cine_rejects_unknown_thal() -> None:
 
     with pytest.raises(ValueError, match="thal"):
         render_cine("uci-0001", 0, "reversible", seed=0)
+
+
+def test_cad_subject_loads_alike_from_dicom_and_nifti(cad_folder: Path, tmp_path: Path) -> None:
+    manifest = pd.read_csv(cad_folder / "manifest.csv", dtype=str, keep_default_na=False)
+    row = manifest[manifest["cine_path"].str.startswith("dicom/")].iloc[0]
+    load = LoadModalityImaged(keys=["cine"], cache_dir=tmp_path, kind="2d+t")
+
+    from_dicom = load({"cine": str(cad_folder / row["cine_path"])})["cine"]
+    from_nifti = load({"cine": str(cad_folder / "images" / f"{row['subject_id']}.nii.gz")})["cine"]
+
+    assert tuple(from_dicom.shape) == (1, 64, 64, 16)
+    assert torch.equal(torch.as_tensor(from_dicom), torch.as_tensor(from_nifti))

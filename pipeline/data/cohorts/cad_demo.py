@@ -7,9 +7,11 @@ path, because the rendering has nothing of theirs to show. Every ``DICOM_EVERY``
 image (the 1st, 11th, 21st, ... in row order) is also written as a DICOM series, and the manifest
 points at that folder instead of the NIfTI file, so both image readers are exercised.
 
-Image files: ``images/<subject>.nii.gz``, a 3-D NIfTI ``(X, Y, T)`` = ``(64, 64, 16)`` int16 where
-``X`` runs along the DICOM columns, ``Y`` along the DICOM rows and the third axis is the cardiac
-phase (69.47 ms apart, stored in the header description, not in ``pixdim``).
+Image files: ``images/<subject>.nii.gz``, a 4-D single-slice cine NIfTI ``(rows, columns, 1, T)``
+= ``(64, 64, 1, 16)`` int16: array axes in DICOM row-major order, the third axis the 10 mm slice
+and the fourth the cardiac phase (``pixdim[4]`` = 69.47 ms). The affine maps rows and columns to
+RAS as the DICOM geometry of the share does. This is the array and affine that the image cache
+writes for the cine DICOM series, so both read paths give the same tensor.
 """
 
 from __future__ import annotations
@@ -29,10 +31,19 @@ logger = logging.getLogger(__name__)
 
 IMAGE_COLUMN = "cine_path"
 DICOM_EVERY = 10
-# NIfTI axes are (X = DICOM column, Y = DICOM row, phase); the DICOM patient axes are LPS and
-# NIfTI's are RAS, so X and Y are negated. The phase axis has unit spacing.
-NIFTI_AFFINE = np.diag([-PIXEL_SPACING_MM, -PIXEL_SPACING_MM, 1.0, 1.0])
-NIFTI_DESCRIPTION = f"semi-synthetic cine; axis 3 is cardiac phase, {FRAME_TIME_MS} ms apart"
+# NIfTI axes are (DICOM row, DICOM column, slice, phase). With the share's orientation
+# (1, 0, 0, 0, 1, 0) in LPS, a step along a row index moves -y in RAS and a step along a column
+# index moves -x. The slice is 10 mm thick, as in the DICOM share.
+SLICE_THICKNESS_MM = 10.0
+NIFTI_AFFINE = np.array(
+    [
+        [0.0, -PIXEL_SPACING_MM, 0.0, 0.0],
+        [-PIXEL_SPACING_MM, 0.0, 0.0, 0.0],
+        [0.0, 0.0, SLICE_THICKNESS_MM, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+NIFTI_DESCRIPTION = f"semi-synthetic cine; axis 4 is cardiac phase, {FRAME_TIME_MS} ms apart"
 
 
 def build_cad_demo(output_dir: Path, *, seed: int = 0, limit: int | None = None) -> Path:
@@ -65,7 +76,8 @@ def build_cad_demo(output_dir: Path, *, seed: int = 0, limit: int | None = None)
 
         frames = render_cine(row.subject_id, int(float(row.ca)), row.thal, seed)
         nifti_path = Path("images") / f"{row.subject_id}.nii.gz"
-        write_nifti(np.ascontiguousarray(frames.transpose(1, 0, 2)), NIFTI_AFFINE, output_dir / nifti_path, NIFTI_DESCRIPTION)
+        volume = np.ascontiguousarray(frames[:, :, None, :])  # (rows, columns, 1, T)
+        write_nifti(volume, NIFTI_AFFINE, output_dir / nifti_path, NIFTI_DESCRIPTION, time_step_ms=FRAME_TIME_MS)
 
         if imaged_count % DICOM_EVERY == 0:
             dicom_folder = Path("dicom") / row.subject_id

@@ -50,18 +50,25 @@ def write_manifest(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, description: str) -> Path:
+def write_nifti(
+    array: np.ndarray, affine: np.ndarray, path: Path, description: str, time_step_ms: float | None = None
+) -> Path:
     """Write ``array`` as a gzipped NIfTI-1 file with fixed header fields.
 
     The data type is the array's; no intensity scaling is stored (``scl_slope`` 1, ``scl_inter``
-    0), so the values read back equal the values written. Spatial units are millimetres.
+    0), so the values read back equal the values written. Spatial units are millimetres. For a 4D
+    array, ``time_step_ms`` is stored as the fourth voxel size, in milliseconds.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     image = nib.Nifti1Image(array, affine)
     header = image.header
     header.set_data_dtype(array.dtype)
     header.set_slope_inter(1.0, 0.0)
-    header.set_xyzt_units(xyz="mm")
+    if time_step_ms is None:
+        header.set_xyzt_units(xyz="mm")
+    else:
+        header.set_zooms((*header.get_zooms()[:3], float(time_step_ms)))
+        header.set_xyzt_units(xyz="mm", t="msec")
     header["descrip"] = description.encode("ascii")[:79]
     header.set_qform(affine, code=1)
     header.set_sform(affine, code=1)
