@@ -22,7 +22,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.data.schema import LABEL_COLUMN, CohortSchema, NumberFormatError, load_schema, parse_number
+from pipeline.data.schema import (
+    LABEL_COLUMN,
+    CohortSchema,
+    NumberFormatError,
+    load_schema,
+    parse_number,
+)
+from pipeline.data.splits import stratified_split
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +86,8 @@ class Manifest:
 
     - the subject id column (str), named as in the schema;
     - the split column (``train``, ``val``, ``test`` or None), named as in the schema or ``split``
-      when the schema sets ``split_column: null``. None means the manifest has no split column or
+      when the schema sets ``split_column: null``. Without a split column in the file, a seeded
+      split stratified by class is drawn (``has_split_column`` is then False). None means
       the cell is invalid;
     - ``label``: class id, dtype ``Int64``, ``pd.NA`` where no class id could be derived (always
       reported as an error);
@@ -300,7 +308,9 @@ class _ManifestParser:
         return pd.Series(values, dtype="float64")
 
 
-def read_manifest(path: str | Path, schema: CohortSchema | str | Path, *, strict: bool = False) -> Manifest:
+def read_manifest(
+    path: str | Path, schema: CohortSchema | str | Path, *, strict: bool = False, split_seed: int = 0
+) -> Manifest:
     """Read a manifest CSV and parse every column the schema names.
 
     Cell-level findings (bad numbers, duplicate ids, underivable labels, out-of-range values) are
@@ -312,6 +322,8 @@ def read_manifest(path: str | Path, schema: CohortSchema | str | Path, *, strict
         path: manifest CSV, UTF-8 with or without a byte-order mark.
         schema: a loaded schema or the path of its YAML file.
         strict: raise when any error-severity problem was found, instead of returning it.
+        split_seed: seed of the stratified 60/20/20 split drawn when the manifest has no split
+            column; the same seed always gives the same split.
 
     Raises:
         FileNotFoundError: when the manifest or schema file does not exist.
@@ -337,6 +349,11 @@ def read_manifest(path: str | Path, schema: CohortSchema | str | Path, *, strict
     split_name = schema.split_column or "split"
     columns[split_name] = parser.splits() if has_split_column else pd.Series([None] * len(table), dtype=object)
     columns[LABEL_COLUMN] = parser.labels()
+    if not has_split_column:
+        # Stratified by class; subjects whose label could not be read form a stratum of their own.
+        strata = columns[LABEL_COLUMN].astype("Int64").fillna(-1).astype(int)
+        columns[split_name] = stratified_split(strata, split_seed).astype(object)
+        logger.info("Manifest %s has no split column: drew a stratified 60/20/20 split with seed %d", path, split_seed)
 
     for image in schema.images:
         if image.column in present:

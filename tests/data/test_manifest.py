@@ -208,6 +208,21 @@ def test_absent_split_and_image_columns(tmp_path):
     manifest = read(tmp_path, rows=rows, header=header)
 
     assert manifest.has_split_column is False
-    assert manifest.frame["split"].tolist() == [None, None]
+    assert set(manifest.frame["split"]) <= {"train", "val", "test"}
     assert manifest.frame["cine_path"].tolist() == [None, None]
     assert [(p.severity, p.column) for p in manifest.problems] == [("warning", "cine_path")]
+
+
+def test_drawn_split_is_seeded_and_stratified(tmp_path):
+    header = "subject_id,num,sex,age,chol"
+    rows = [f"s{index:02d},{index % 2},M,60,200" for index in range(40)]
+
+    first = read(tmp_path, rows=rows, header=header)
+    again = read(tmp_path, rows=rows, header=header)
+    splits = first.frame["split"]
+
+    assert splits.tolist() == again.frame["split"].tolist()
+    assert splits.value_counts().to_dict() == {"train": 24, "val": 8, "test": 8}
+    for split in ("train", "val", "test"):
+        labels = first.frame.loc[splits == split, "label"]
+        assert (labels == 0).sum() == (labels == 1).sum()

@@ -26,7 +26,7 @@ from skimage import data as skimage_data
 from skimage.color import rgb2gray
 
 from pipeline.data.cohorts.files import write_manifest, write_nifti
-from pipeline.data.cohorts.splits import stratified_split
+from pipeline.data.splits import stratified_split
 
 logger = logging.getLogger(__name__)
 

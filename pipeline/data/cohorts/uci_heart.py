@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.data.cohorts.files import read_resource_bytes, write_manifest
-from pipeline.data.cohorts.splits import stratified_split
+from pipeline.data.splits import stratified_split
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Seeded stratified train/val/test assignment shared by the cohort builders."""
+"""Seeded stratified train/val/test assignment, shared by the cohort builders and the manifest reader."""
 
 from __future__ import annotations
 
