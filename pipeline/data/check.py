@@ -136,6 +136,30 @@ def check_images(manifest: Manifest) -> list[Problem]:
     return problems
 
 
+def subjects_without_modality(manifest: Manifest) -> list[Problem]:
+    """Warn about subjects with no image and no clinical value: no method can classify them."""
+    schema = manifest.schema
+    frame = manifest.frame
+    has_any = pd.Series(False, index=frame.index)
+    for image in schema.images:
+        has_any |= frame[image.column].notna()
+    for table in schema.tabular:
+        has_any |= manifest.tabular(table.modality).notna().any(axis=1)
+
+    return [
+        Problem(
+            "warning",
+            manifest.path,
+            f"subject {frame.at[index, schema.subject_id_column]!r} has no image and no clinical value, "
+            "so it will be excluded from training and evaluation",
+            "add its data or remove the row",
+            row=int(position) + 1,
+        )
+        for position, index in enumerate(frame.index)
+        if not has_any.at[index]
+    ]
+
+
 def _split_labels(manifest: Manifest) -> pd.Series:
     return manifest.frame[manifest.split_column].fillna(NO_SPLIT)
 
@@ -186,8 +210,8 @@ def check_cohort(
 ) -> CohortReport:
     """Check a cohort and report every problem at once.
 
-    Runs, in order: schema validation, manifest parsing, image existence, a NIfTI header check
-    (shape without zero-size dimensions) and a file count for DICOM series folders, then each of
+    Runs, in order: schema validation, manifest parsing, image checks (NIfTI headers, DICOM
+    folders indexed from their headers), subjects without any modality, then each of
     ``extra_checks`` on the parsed manifest. A schema or manifest that cannot be read at all ends
     the checks early with its problems and no summary.
 
@@ -224,6 +248,7 @@ def check_cohort(
     image_problems = check_images(manifest)
     report.problems.extend(manifest.problems)
     report.problems.extend(image_problems)
+    report.problems.extend(subjects_without_modality(manifest))
     for extra_check in extra_checks:
         report.problems.extend(extra_check(manifest))
     # Whole-file findings first, then by data row; the sort is stable within a row.

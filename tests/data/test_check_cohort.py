@@ -6,10 +6,11 @@ from pathlib import Path
 
 import nibabel
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.data.check import check_cohort
-from pipeline.data.manifest import Problem
+from pipeline.data.manifest import Problem, read_manifest
 from tests.data.test_dicom import write_stack
 from tests.data.test_manifest import HEADER, ROWS, write_cohort
 
@@ -139,3 +140,28 @@ def test_extra_checks_run(cohort):
 
     assert [p.message for p in report.problems] == ["looked at"]
     assert report.usable
+
+
+def test_subject_without_any_modality_warned(tmp_path):
+    save_nifti(tmp_path / "images/s01.nii.gz", (8, 8, 4))
+    save_nifti(tmp_path / "images/s03.nii.gz", (8, 8, 4))
+    rows = [*ROWS, "s05,test,1,,NA,,?,B"]
+    manifest_path, schema_path = write_cohort(tmp_path, rows)
+
+    report = check_cohort(manifest_path, schema_path)
+
+    assert [(p.severity, p.row) for p in report.problems] == [("warning", 5)]
+    assert "subject 's05' has no image and no clinical value" in report.problems[0].message
+    assert report.usable
+
+
+def test_row_order_does_not_change_subject_data(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    in_order = read_manifest(*write_cohort(tmp_path / "a", ROWS))
+    shuffled = read_manifest(*write_cohort(tmp_path / "b", [ROWS[2], ROWS[0], ROWS[3], ROWS[1]]))
+
+    first = in_order.frame.set_index("subject_id").drop(columns=["cine_path"])
+    second = shuffled.frame.set_index("subject_id").drop(columns=["cine_path"]).loc[first.index]
+
+    pd.testing.assert_frame_equal(first, second)
