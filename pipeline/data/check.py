@@ -11,9 +11,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from pipeline.data.dicom import DicomSeriesError, index_dicom_folder
+from pipeline.data.dicom import (
+    DicomSeriesError,
+    index_dicom_folder,
+    read_series,
+    select_series,
+)
 from pipeline.data.manifest import (
     SPLITS,
     Manifest,
@@ -21,7 +27,7 @@ from pipeline.data.manifest import (
     Problem,
     read_manifest,
 )
-from pipeline.data.nifti import NiftiFileError, check_nifti
+from pipeline.data.nifti import NiftiFileError, arrange_for_kind, check_nifti
 from pipeline.data.schema import (
     LABEL_COLUMN,
     CohortSchema,
@@ -72,28 +78,54 @@ class CohortReport:
         return not any(problem.severity == "error" for problem in self.problems)
 
 
-def _nifti_header_problem(path: Path) -> tuple[str, str] | None:
-    """Check a NIfTI file's name, bytes and header without its image data; return ``(message, fix)`` or None."""
+def _nifti_header_problem(path: Path, image: ImageModality) -> tuple[str, str] | None:
+    """Check a NIfTI file's name, bytes and header, and that its shape fits the modality's kind."""
     try:
-        check_nifti(path)
+        shape = check_nifti(path)["shape"]
     except NiftiFileError as error:
-        return str(error), "re-export the image as NIfTI and check its header (dim, qform and sform)"
+        return str(error), _nifti_fix(str(error))
+    try:
+        # A zero-stride view checks the layout rule without reading or allocating the image.
+        arrange_for_kind(np.broadcast_to(np.zeros((), dtype=np.float32), shape), image.kind, path)
+    except ValueError as error:
+        return str(error), f"export the image in the layout of kind {image.kind!r} (see docs/cohort-format.md)"
     return None
 
 
-def _dicom_folder_problem(path: Path) -> tuple[str, str] | None:
-    """Index a DICOM folder from its headers; return ``(message, fix)`` unless it holds exactly one series."""
+def _nifti_fix(message: str) -> str:
+    if "twin" in message or "both" in message:
+        return "keep one of the two files and delete the other"
+    return "re-export the image as NIfTI and check its header (dim, qform and sform)"
+
+
+def _dicom_folder_problem(path: Path, image: ImageModality) -> tuple[str, str] | None:
+    """Select and read the folder's series as the loader will; return ``(message, fix)`` on failure.
+
+    Reading the pixel data here means that gaps between slices, missing geometry, undecodable
+    transfer syntaxes and layouts that do not fit the modality's kind fail the check, not training.
+    """
     try:
-        series = index_dicom_folder(path)
+        series = select_series(index_dicom_folder(path), image.series_rule)
+        _, _, metadata = read_series(series, assume_missing_geometry=image.assume_missing_geometry)
     except DicomSeriesError as error:
-        return str(error), "copy the subject's DICOM series into the folder or leave the cell empty"
-    if len(series) > 1:
-        listing = "; ".join(item.describe() for item in series)
+        return str(error), _dicom_fix(str(error))
+
+    expected_layout = {"2d+t": "HWT", "3d": "HWD"}.get(image.kind)
+    if expected_layout is not None and metadata["layout"] != expected_layout:
         return (
-            f"DICOM folder {path} contains {len(series)} series ({listing}), so the image to use is ambiguous",
-            "keep one series per subject folder (move the others, e.g. localisers, elsewhere)",
+            f"DICOM series in {path} has layout {metadata['layout']} but modality {image.modality!r} is of kind "
+            f"{image.kind!r}, which needs {expected_layout}",
+            "point the column at the right series, or change the modality's kind in the schema",
         )
     return None
+
+
+def _dicom_fix(message: str) -> str:
+    if "series" in message and ("contains" in message or "matches" in message):
+        return "keep one series per subject folder, or set series_rule for the image modality in the schema"
+    if "PixelSpacing" in message or "ImageOrientationPatient" in message or "ImagePositionPatient" in message:
+        return "re-export the series with its geometry tags, or set assume_missing_geometry: true in the schema"
+    return "re-export the subject's DICOM series, or leave the cell empty if the image is absent"
 
 
 def _image_problem(path: Path, image: ImageModality, row: int, manifest_path: Path) -> Problem | None:
@@ -110,11 +142,11 @@ def _image_problem(path: Path, image: ImageModality, row: int, manifest_path: Pa
     if path.name.endswith(NIFTI_SUFFIXES):
         if not path.is_file():
             return problem(f"NIfTI path {path} is not a file", "point the cell at the .nii or .nii.gz file")
-        header_problem = _nifti_header_problem(path)
+        header_problem = _nifti_header_problem(path, image)
         return None if header_problem is None else problem(*header_problem)
 
     if path.is_dir():
-        folder_problem = _dicom_folder_problem(path)
+        folder_problem = _dicom_folder_problem(path, image)
         return None if folder_problem is None else problem(*folder_problem)
 
     return problem(
@@ -124,7 +156,7 @@ def _image_problem(path: Path, image: ImageModality, row: int, manifest_path: Pa
 
 
 def check_images(manifest: Manifest) -> list[Problem]:
-    """Check every image path: NIfTI headers, and DICOM folders indexed from their headers."""
+    """Check every image path: NIfTI headers and layout, and DICOM series read as the loader reads them."""
     problems = []
     for image in manifest.schema.images:
         for row, path in enumerate(manifest.frame[image.column], start=1):
@@ -210,8 +242,9 @@ def check_cohort(
 ) -> CohortReport:
     """Check a cohort and report every problem at once.
 
-    Runs, in order: schema validation, manifest parsing, image checks (NIfTI headers, DICOM
-    folders indexed from their headers), subjects without any modality, then each of
+    Runs, in order: schema validation, manifest parsing, image checks (NIfTI headers and layout;
+    each DICOM folder's series selected and read as the loader reads it, pixel data included),
+    subjects without any modality, then each of
     ``extra_checks`` on the parsed manifest. A schema or manifest that cannot be read at all ends
     the checks early with its problems and no summary.
 

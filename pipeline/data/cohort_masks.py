@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.data.manifest import Manifest
 from pipeline.data.missingness import (
+    check_rate,
     mask_filename,
     simulate_modality_missingness,
     simulate_tabular_missingness,
@@ -55,6 +56,15 @@ def write_cohort_masks(
     Modality masks are written when the cohort has at least two modalities, tabular masks when it
     has clinical columns. Each setting is seeded, so writing again gives byte-identical files.
     """
+    # Check every setting before writing, so that a bad rate leaves no partial set of masks behind.
+    for eta in etas:
+        check_rate("eta", eta)
+    for gamma in gammas:
+        check_rate("gamma", gamma)
+    unknown_modes = sorted(set(modes) - {"value", "feature"})
+    if unknown_modes:
+        raise ValueError(f"unknown tabular missingness modes {unknown_modes}; use 'value' and/or 'feature'.")
+
     folder = Path(cohort_dir) / MASK_FOLDER
     subject_ids = manifest.subject_ids
     written = []

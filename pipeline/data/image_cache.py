@@ -32,7 +32,9 @@ CACHE_FORMAT_VERSION = 1
 
 def _cache_key(folder: Path, rule: str | None, read_options: dict[str, Any]) -> str:
     digest = hashlib.sha256()
-    digest.update(f"format {CACHE_FORMAT_VERSION}\nrule {rule!r}\n".encode())
+    # The folder's own path is part of the key: copies of different subjects' series can share
+    # file names, sizes and (after a copy that keeps whole seconds only) modification times.
+    digest.update(f"format {CACHE_FORMAT_VERSION}\nfolder {folder.resolve()}\nrule {rule!r}\n".encode())
     digest.update(json.dumps(read_options, sort_keys=True).encode())
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         stat = path.stat()

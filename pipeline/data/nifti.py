@@ -14,11 +14,13 @@ import gzip
 import logging
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
 from nibabel.arrayproxy import ArrayProxy
+
+ImageKind = Literal["2d", "2d+t", "3d"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,3 +197,40 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]
 
     array = np.asarray(data, dtype=np.float32)
     return array, info["affine"], info
+
+
+def arrange_for_kind(array: np.ndarray, kind: ImageKind, path: Path, frame: int | None = None) -> np.ndarray:
+    """Rearrange a loaded NIfTI array into the spatial layout of ``kind``, without a channel axis.
+
+    - ``"3d"``: ``(X, Y, Z)``; a 4D cine needs ``frame`` to pick one time point.
+    - ``"2d+t"``: a 4D ``(X, Y, 1, T)`` cine becomes ``(X, Y, T)``.
+    - ``"2d"``: ``(X, Y)`` or ``(X, Y, 1)``; a single-slice 4D cine needs ``frame``.
+
+    Raises:
+        ValueError: naming the file, its shape and the kind, for any other layout.
+    """
+    shape = array.shape
+    rejected = ValueError(f"{path}: image of shape {shape} does not fit kind {kind!r}")
+
+    if kind == "3d":
+        if array.ndim == 3:
+            return array
+        if array.ndim == 4 and frame is not None:
+            return array[..., frame]
+        raise rejected
+
+    if kind == "2d+t":
+        if array.ndim == 4 and shape[2] == 1:
+            return array[:, :, 0, :]
+        raise ValueError(
+            f"{path}: image of shape {shape} does not fit kind '2d+t', which expects a 4D single-slice "
+            "cine (X, Y, 1, T) with time last"
+        )
+
+    if array.ndim == 2:
+        return array
+    if array.ndim == 3 and shape[2] == 1:
+        return array[:, :, 0]
+    if array.ndim == 4 and shape[2] == 1 and frame is not None:
+        return array[:, :, 0, frame]
+    raise rejected

@@ -133,6 +133,8 @@ class ImageModality:
     modality: str
     column: str
     kind: ImageKind
+    series_rule: str | None = None  # regex on SeriesDescription choosing one series per DICOM folder
+    assume_missing_geometry: bool = False  # read DICOM without PixelSpacing/IOP/IPP, with a warning
 
 
 @dataclass(frozen=True)
@@ -329,9 +331,20 @@ class _SchemaReader:
         return tuple(pairs)
 
     def image(self, value: Any, key_path: str) -> ImageModality | None:
-        entry = self.mapping(value, key_path, {"modality", "column", "kind"}, set())
+        entry = self.mapping(value, key_path, {"modality", "column", "kind"}, {"series_rule", "assume_missing_geometry"})
         if entry is None:
             return None
+        series_rule = entry.get("series_rule")
+        if series_rule is not None:
+            series_rule = self.string(series_rule, f"{key_path}.series_rule")
+            try:
+                re.compile(series_rule or "")
+            except re.error as error:
+                self.error(f"{key_path}.series_rule", f"invalid regular expression {series_rule!r}: {error}")
+        assume = entry.get("assume_missing_geometry", False)
+        if not isinstance(assume, bool):
+            self.error(f"{key_path}.assume_missing_geometry", f"expected true or false, got {assume!r}")
+            assume = False
 
         modality = self.string(entry.get("modality"), f"{key_path}.modality")
         column = self.string(entry.get("column"), f"{key_path}.column")
@@ -341,7 +354,7 @@ class _SchemaReader:
             return None
         if modality is None or column is None:
             return None
-        return ImageModality(modality, column, kind)
+        return ImageModality(modality, column, kind, series_rule, assume)
 
     def tabular(self, value: Any, key_path: str) -> TabularModality | None:
         entry = self.mapping(value, key_path, {"modality"}, {"categorical", "continuous"})
@@ -491,7 +504,10 @@ def load_schema(path: str | Path) -> CohortSchema:
     except UnicodeDecodeError as error:
         raise SchemaError(path, [("", f"not UTF-8 at byte {error.start}; re-save the file as UTF-8")]) from error
     except yaml.YAMLError as error:
-        raise SchemaError(path, [("", f"invalid YAML: {error}")]) from error
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SchemaError(path, [("", f"invalid YAML{where}: {problem}")]) from error
 
     schema = parse_schema(document, path)
     logger.debug("Loaded cohort schema %s from %s", schema.name, path)

@@ -41,11 +41,10 @@ from monai.transforms import (
 )
 
 from pipeline.data.image_cache import cache_series_as_nifti
-from pipeline.data.nifti import load_nifti
+from pipeline.data.nifti import ImageKind, arrange_for_kind, load_nifti
 
 logger = logging.getLogger(__name__)
 
-ImageKind = Literal["2d", "2d+t", "3d"]
 IntensityScaling = Literal["normalize", "scale", "none"]
 IMAGE_KINDS = ("2d", "2d+t", "3d")
 # Axis labels of RAS codes; every affine made here is RAS, whatever the space key of the metadata.
@@ -69,43 +68,6 @@ def present_flag_key(key: Hashable) -> str:
 def _check_kind(kind: str) -> None:
     if kind not in IMAGE_KINDS:
         raise ValueError(f"kind must be one of {IMAGE_KINDS}, got {kind!r}")
-
-
-def arrange_for_kind(array: np.ndarray, kind: ImageKind, path: Path, frame: int | None = None) -> np.ndarray:
-    """Rearrange a loaded NIfTI array into the spatial layout of ``kind``, without a channel axis.
-
-    - ``"3d"``: ``(X, Y, Z)``; a 4D cine needs ``frame`` to pick one time point.
-    - ``"2d+t"``: a 4D ``(X, Y, 1, T)`` cine becomes ``(X, Y, T)``.
-    - ``"2d"``: ``(X, Y)`` or ``(X, Y, 1)``; a single-slice 4D cine needs ``frame``.
-
-    Raises:
-        ValueError: naming the file, its shape and the kind, for any other layout.
-    """
-    shape = array.shape
-    rejected = ValueError(f"{path}: image of shape {shape} does not fit kind {kind!r}")
-
-    if kind == "3d":
-        if array.ndim == 3:
-            return array
-        if array.ndim == 4 and frame is not None:
-            return array[..., frame]
-        raise rejected
-
-    if kind == "2d+t":
-        if array.ndim == 4 and shape[2] == 1:
-            return array[:, :, 0, :]
-        raise ValueError(
-            f"{path}: image of shape {shape} does not fit kind '2d+t', which expects a 4D single-slice "
-            "cine (X, Y, 1, T) with time last"
-        )
-
-    if array.ndim == 2:
-        return array
-    if array.ndim == 3 and shape[2] == 1:
-        return array[:, :, 0]
-    if array.ndim == 4 and shape[2] == 1 and frame is not None:
-        return array[:, :, 0, frame]
-    raise rejected
 
 
 class LoadModalityImaged(MapTransform):

@@ -12,7 +12,7 @@ import pytest
 from pipeline.data.check import check_cohort
 from pipeline.data.manifest import Problem, read_manifest
 from tests.data.test_dicom import write_stack
-from tests.data.test_manifest import HEADER, ROWS, write_cohort
+from tests.data.test_manifest import HEADER, ROWS, SCHEMA, write_cohort
 
 
 def save_nifti(path: Path, shape: tuple[int, ...]) -> None:
@@ -86,9 +86,10 @@ def test_dicom_folder_needs_one_series(tmp_path):
     empty = check_cohort(manifest_path, schema_path)
     (folder / "IM0001.dcm").write_bytes(b"\0" * 132)
     junk = check_cohort(manifest_path, schema_path)
-    write_stack(folder / "sax", np.zeros((8, 8, 3), dtype=np.uint16), [0.0, 8.0, 16.0], description="SAX_TEST")
+    volume = np.arange(8 * 8 * 3, dtype=np.uint16).reshape(8, 8, 3)
+    write_stack(folder / "sax", volume, [0.0, 8.0, 16.0], description="SAX_TEST")
     one_series = check_cohort(manifest_path, schema_path)
-    write_stack(folder / "loc", np.zeros((8, 8, 2), dtype=np.uint16), [0.0, 5.0], series_number=2, description="LOC_TEST")
+    write_stack(folder / "loc", volume[:, :, :2], [0.0, 5.0], series_number=2, description="LOC_TEST")
     two_series = check_cohort(manifest_path, schema_path)
 
     assert [p.row for p in empty.problems] == [3]
@@ -96,7 +97,8 @@ def test_dicom_folder_needs_one_series(tmp_path):
     assert [p.row for p in junk.problems] == [3]
     assert one_series.usable
     assert [p.row for p in two_series.problems] == [3]
-    assert "contains 2 series" in two_series.problems[0].message
+    assert "contains 2 DICOM series" in two_series.problems[0].message
+    assert "series_rule" in two_series.problems[0].fix
     assert "LOC_TEST" in two_series.problems[0].message
 
 
@@ -165,3 +167,61 @@ def test_row_order_does_not_change_subject_data(tmp_path):
     second = shuffled.frame.set_index("subject_id").drop(columns=["cine_path"]).loc[first.index]
 
     pd.testing.assert_frame_equal(first, second)
+
+
+def dicom_cohort(tmp_path: Path, schema_changes: dict | None = None) -> tuple[Path, Path, Path]:
+    """Write a cohort whose subject s03 points at an empty DICOM folder; return manifest, schema, folder."""
+    save_nifti(tmp_path / "images/s01.nii.gz", (8, 8, 4))
+    folder = tmp_path / "dicom/s03"
+    folder.mkdir(parents=True)
+    rows = [ROWS[0], ROWS[1], ROWS[2].replace("images/s03.nii.gz", "dicom/s03"), ROWS[3]]
+    schema = {**SCHEMA, "images": [{**SCHEMA["images"][0], **(schema_changes or {})}]}
+    manifest_path, schema_path = write_cohort(tmp_path, rows, schema=schema)
+    return manifest_path, schema_path, folder
+
+
+def test_series_rule_from_schema_selects_series(tmp_path):
+    manifest_path, schema_path, folder = dicom_cohort(tmp_path, {"series_rule": "SAX"})
+    volume = np.arange(8 * 8 * 3, dtype=np.uint16).reshape(8, 8, 3)
+    write_stack(folder / "sax", volume, [0.0, 8.0, 16.0], description="SAX_TEST")
+    write_stack(folder / "loc", volume[:, :, :2], [0.0, 5.0], series_number=2, description="LOC_TEST")
+
+    assert check_cohort(manifest_path, schema_path).usable
+
+
+def test_slice_gap_fails_the_check(tmp_path):
+    manifest_path, schema_path, folder = dicom_cohort(tmp_path)
+    volume = np.arange(8 * 8 * 5, dtype=np.uint16).reshape(8, 8, 5)
+    files = write_stack(folder, volume, [0.0, 2.0, 4.0, 6.0, 8.0])
+    files[2].unlink()
+
+    report = check_cohort(manifest_path, schema_path)
+
+    assert [p.row for p in report.problems] == [3]
+    assert "IM0002" in report.problems[0].message
+
+
+def test_missing_pixel_spacing_fails_unless_assumed(tmp_path):
+    manifest_path, schema_path, folder = dicom_cohort(tmp_path)
+    volume = np.arange(8 * 8 * 3, dtype=np.uint16).reshape(8, 8, 3)
+    write_stack(folder, volume, [0.0, 8.0, 16.0], pixel_spacing=None)
+    _, assumed_schema, _ = dicom_cohort(tmp_path / "assumed", {"assume_missing_geometry": True})
+
+    report = check_cohort(manifest_path, schema_path)
+    assumed = check_cohort(manifest_path, assumed_schema)
+
+    assert [p.row for p in report.problems] == [3]
+    assert "PixelSpacing" in report.problems[0].message
+    assert "assume_missing_geometry" in report.problems[0].fix
+    assert assumed.usable
+
+
+def test_nifti_layout_must_fit_kind(tmp_path):
+    save_nifti(tmp_path / "images/s01.nii.gz", (8, 8, 4))
+    save_nifti(tmp_path / "images/s03.nii.gz", (8, 8, 4))
+    schema = {**SCHEMA, "images": [{**SCHEMA["images"][0], "kind": "2d+t"}]}
+
+    report = check_cohort(*write_cohort(tmp_path, ROWS, schema=schema))
+
+    assert [p.row for p in report.problems] == [1, 3]
+    assert "does not fit kind '2d+t'" in report.problems[0].message

@@ -78,3 +78,12 @@ def test_write_masks_command_rejects_unusable_manifest(tmp_path, capsys):
 
     assert status == 1
     assert "cannot write missingness masks" in capsys.readouterr().err
+
+
+def test_bad_rate_writes_no_mask(cad_slice, tmp_path):
+    manifest = read_manifest(cad_slice, REPOSITORY_CONFIGS / "cad_demo.yaml")
+
+    with pytest.raises(ValueError, match="gamma"):
+        write_cohort_masks(manifest, tmp_path, gammas=[0.1, -0.1])
+
+    assert not (tmp_path / "missingness").exists()

@@ -238,3 +238,18 @@ def test_wrong_output_shape_names_file(tmp_path):
 def test_preprocessing_rejects_bad_arguments(arguments, message):
     with pytest.raises(ValueError, match=message):
         image_preprocessing("image", **arguments)
+
+
+def test_cache_keeps_copies_of_series_apart(tmp_path):
+    """Two folders whose files share names, sizes and modification times are cached separately."""
+    first, second = tmp_path / "s1", tmp_path / "s2"
+    write_stack(first, np.arange(8 * 8 * 3, dtype=np.uint16).reshape(8, 8, 3), [0.0, 8.0, 16.0])
+    write_stack(second, np.arange(8 * 8 * 3, dtype=np.uint16).reshape(8, 8, 3)[::-1].copy(), [0.0, 8.0, 16.0])
+    for copy in second.iterdir():
+        original = first / copy.name
+        os.utime(copy, ns=(original.stat().st_atime_ns, original.stat().st_mtime_ns))
+
+    cached_first = cache_series_as_nifti(first, tmp_path / "cache")
+    cached_second = cache_series_as_nifti(second, tmp_path / "cache")
+
+    assert cached_first != cached_second

@@ -22,10 +22,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.cohorts.cine_rendering import FRAME_TIME_MS, PIXEL_SPACING_MM, render_cine
+from pipeline.data.cohorts.cine_rendering import (
+    FRAME_TIME_MS,
+    PIXEL_SPACING_MM,
+    render_cine,
+)
 from pipeline.data.cohorts.dicom_series import write_cine_series
 from pipeline.data.cohorts.files import write_manifest, write_nifti
-from pipeline.data.cohorts.uci_heart import CLINICAL_COLUMNS, LABEL_COLUMN, assign_uci_splits, load_uci_table
+from pipeline.data.cohorts.uci_heart import (
+    CLINICAL_COLUMNS,
+    LABEL_COLUMN,
+    assign_uci_splits,
+    load_uci_table,
+)
 
 logger = logging.getLogger(__name__)
 
