@@ -1,0 +1,1 @@
+"""Imputation: recover missing clinical values and missing image tokens before selection."""
