@@ -219,10 +219,14 @@ def image_preprocessing(
 ) -> Compose:
     """Build the preprocessing of one image modality, applied only to present images.
 
-    Steps, each skipped for placeholders: for ``"3d"``, ``Orientationd(axcodes)`` and, when
-    ``pixdim`` is set, ``Spacingd``; then intensity scaling (``"normalize"``: zero mean, unit
-    variance; ``"scale"``: to [0, 1]; ``"none"``); then ``Resized`` to ``spatial_shape``. Every
-    image then has its shape checked and becomes a plain float32 tensor.
+    Each step skips placeholders:
+
+    1. For ``"3d"`` only: ``Orientationd(axcodes)``, and ``Spacingd`` when ``pixdim`` is set.
+    2. Intensity scaling: ``"normalize"`` (zero mean, unit variance), ``"scale"`` (to [0, 1]) or
+       ``"none"``.
+    3. ``Resized`` to ``spatial_shape``.
+
+    Every image then has its shape checked and becomes a plain float32 tensor.
 
     NOTE: for ``"2d"`` and ``"2d+t"`` the in-plane orientation stays as acquired. Orientationd
     treats the third axis as spatial, so it would permute the time axis of an oblique cine.
