@@ -1,0 +1,89 @@
+"""Save and load fitted imputers without unpickling untrusted data.
+
+Fitted imputers are stored with ``skops.io`` (0.16), not ``pickle`` or ``joblib``. A skops file
+is a zip archive with a JSON description of the objects. Loading rebuilds only the types it is
+told to trust, so a file cannot run code on load the way a pickle can. Refitting from the
+training split with a fixed seed would also avoid pickle, but it needs the cohort at load time
+and repeats a full fit each time, so the fitted state is saved.
+
+:func:`load_imputer` first lists the types the file needs (``skops.io.get_untrusted_types``) and
+rejects the file with a ``ValueError`` naming the path when one of them is not in
+:data:`TRUSTED_TYPES` (or the caller's ``extra_trusted``). It then loads with exactly that list and
+checks that the result is an imputer. A file that is not a readable skops archive, for example a
+pickle or a truncated or edited archive, is rejected the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import skops.io as sio
+
+from pipeline.imputation.base import ImageTokenImputer, TabularImputer
+
+logger = logging.getLogger(__name__)
+
+# Types that skops 0.16 does not trust by default but that the imputers of this package contain.
+# scikit-learn estimators, NumPy arrays and Python builtins are trusted by skops itself.
+TRUSTED_TYPES: tuple[str, ...] = (
+    "pipeline.imputation.baseline.MeanModeImputer",
+    "pipeline.imputation.iterative.IterativeTabularImputer",
+    "sklearn.tree._tree.Tree",
+)
+
+
+def save_imputer(imputer: TabularImputer | ImageTokenImputer, path: str | os.PathLike[str]) -> Path:
+    """Write a fitted imputer to ``path`` as a skops file and return the path; parent folders are created."""
+    if not isinstance(imputer, (TabularImputer, ImageTokenImputer)):
+        raise TypeError(f"expected a TabularImputer or ImageTokenImputer, got {type(imputer).__name__}.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sio.dump(imputer, path)
+    logger.info("saved %s to %s.", type(imputer).__name__, path)
+    return path
+
+
+def load_imputer(
+    path: str | os.PathLike[str], extra_trusted: Sequence[str] = ()
+) -> TabularImputer | ImageTokenImputer:
+    """Load an imputer saved by :func:`save_imputer`, trusting only :data:`TRUSTED_TYPES` and ``extra_trusted``.
+
+    Args:
+        path: the skops file.
+        extra_trusted: further fully qualified type names to trust, for imputers defined elsewhere.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: naming ``path``, if the file is not a readable skops archive, needs a type that
+            is not trusted, or does not contain an imputer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"imputer file {path} does not exist.")
+    trusted = list(TRUSTED_TYPES) + [str(name) for name in extra_trusted]
+
+    try:
+        needed = sio.get_untrusted_types(file=path)
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as error:
+        raise ValueError(f"{path} is not a readable skops file of a saved imputer ({error}).") from error
+    rejected = sorted(set(needed) - set(trusted))
+    if rejected:
+        raise ValueError(
+            f"{path} needs the types {rejected}, which are not trusted, so it was not loaded. Only load files "
+            "written by save_imputer; pass extra_trusted only for types you have checked."
+        )
+
+    try:
+        imputer = sio.load(path, trusted=trusted)
+    except Exception as error:
+        # skops raises many kinds of errors on an edited archive (bad JSON, missing member,
+        # CRC mismatch, unexpected node); all of them mean the file cannot be used.
+        raise ValueError(f"{path} could not be loaded as a saved imputer ({type(error).__name__}: {error}).") from error
+    if not isinstance(imputer, (TabularImputer, ImageTokenImputer)):
+        raise ValueError(f"{path} contains a {type(imputer).__name__}, not a saved imputer.")
+    logger.info("loaded %s from %s.", type(imputer).__name__, path)
+    return imputer

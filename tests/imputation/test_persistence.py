@@ -1,0 +1,90 @@
+"""Tests of saving and loading fitted imputers with skops."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.linear_model import LogisticRegression
+
+from pipeline.data.tabular import EncodedTable
+from pipeline.imputation.baseline import MeanModeImputer
+from pipeline.imputation.iterative import IterativeTabularImputer
+from pipeline.imputation.persistence import load_imputer, save_imputer
+
+
+@pytest.fixture()
+def table() -> EncodedTable:
+    rng = np.random.default_rng(0)
+    categorical = rng.integers(0, 3, size=(30, 2))
+    continuous = rng.normal(size=(30, 2)).astype(np.float32)
+    categorical[rng.random((30, 2)) < 0.2] = -1
+    continuous[rng.random((30, 2)) < 0.2] = np.nan
+    missing = np.concatenate([categorical < 0, np.isnan(continuous)], axis=1)
+    return EncodedTable(categorical, continuous, missing, ("a", "b", "c", "d"))
+
+
+def test_persistence_round_trip_same_values(table: EncodedTable, tmp_path: Path) -> None:
+    imputer = IterativeTabularImputer(max_iter=2, n_estimators=5, random_state=0).fit(table, [3, 3])
+
+    loaded = load_imputer(save_imputer(imputer, tmp_path / "iterative.skops"))
+
+    assert isinstance(loaded, IterativeTabularImputer)
+    assert np.array_equal(loaded.transform(table).categorical, imputer.transform(table).categorical)
+    assert np.array_equal(loaded.transform(table).continuous, imputer.transform(table).continuous)
+
+
+def test_persistence_round_trip_mean_mode(table: EncodedTable, tmp_path: Path) -> None:
+    imputer = MeanModeImputer().fit(table, [3, 3])
+
+    loaded = load_imputer(save_imputer(imputer, tmp_path / "mean.skops"))
+
+    assert np.array_equal(loaded.modes_, imputer.modes_)
+
+
+def test_persistence_rejects_pickle(table: EncodedTable, tmp_path: Path) -> None:
+    path = tmp_path / "imputer.skops"
+    path.write_bytes(pickle.dumps(MeanModeImputer().fit(table, [3, 3])))
+
+    with pytest.raises(ValueError, match=f"{path}.*not a readable skops file"):
+        load_imputer(path)
+
+
+def test_persistence_rejects_truncated_file(table: EncodedTable, tmp_path: Path) -> None:
+    path = save_imputer(MeanModeImputer().fit(table, [3, 3]), tmp_path / "mean.skops")
+    path.write_bytes(path.read_bytes()[:-40])
+
+    with pytest.raises(ValueError, match=str(path)):
+        load_imputer(path)
+
+
+def test_persistence_rejects_untrusted_type(table: EncodedTable, tmp_path: Path) -> None:
+    path = save_imputer(MeanModeImputer().fit(table, [3, 3]), tmp_path / "mean.skops")
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["schema.json"] = members["schema.json"].replace(
+        b'"pipeline.imputation.baseline"', b'"os"'
+    ).replace(b'"MeanModeImputer"', b'"system"')
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+    with pytest.raises(ValueError, match=r"needs the types \['os.system'\], which are not trusted"):
+        load_imputer(path)
+
+
+def test_persistence_rejects_foreign_estimator(tmp_path: Path) -> None:
+    path = tmp_path / "model.skops"
+    sio.dump(LogisticRegression(), path)
+
+    with pytest.raises(ValueError, match="contains a LogisticRegression, not a saved imputer"):
+        load_imputer(path)
+
+
+def test_persistence_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_imputer(tmp_path / "absent.skops")
