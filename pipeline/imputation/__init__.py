@@ -5,7 +5,13 @@ in ``_``, randomness from ``random_state``) and works in the encoded table space
 :mod:`pipeline.data.tabular`. See ``docs/imputation.md``.
 """
 
-from pipeline.imputation.base import ImageTokenImputer, RecoveredBatch, RecoveredTable, TabularImputer, recover_batch
+from pipeline.imputation.base import (
+    ImageTokenImputer,
+    RecoveredBatch,
+    RecoveredTable,
+    TabularImputer,
+    recover_batch,
+)
 from pipeline.imputation.baseline import MeanModeImputer
 from pipeline.imputation.image_features import MeanTokenImputer, TokenImputer
 from pipeline.imputation.iterative import IterativeTabularImputer

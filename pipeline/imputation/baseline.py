@@ -13,7 +13,12 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from pipeline.data.tabular import EncodedTable
-from pipeline.imputation.base import RecoveredTable, TabularImputer, check_fitted_columns, check_table
+from pipeline.imputation.base import (
+    RecoveredTable,
+    TabularImputer,
+    check_fitted_columns,
+    check_table,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from pipeline.data.tabular import EncodedTable
-from pipeline.imputation.base import RecoveredTable, TabularImputer, check_fitted_columns, check_table
+from pipeline.imputation.base import (
+    RecoveredTable,
+    TabularImputer,
+    check_fitted_columns,
+    check_table,
+)
 from pipeline.imputation.baseline import MeanModeImputer
 
 logger = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import skops.io as sio
+import torch
 
 from pipeline.imputation.base import ImageTokenImputer, TabularImputer
 
@@ -37,10 +38,17 @@ TRUSTED_TYPES: tuple[str, ...] = (
 
 
 def save_imputer(imputer: TabularImputer | ImageTokenImputer, path: str | os.PathLike[str]) -> Path:
-    """Write a fitted imputer to ``path`` as a skops file and return the path; parent folders are created."""
+    """Write a fitted imputer to ``path`` and return the path; parent folders are created.
+
+    scikit-learn imputers are written as skops files. Imputers that hold a torch network
+    (``LearnedTabularImputer``, ``TokenImputer``) use their own ``save``, a ``torch.save`` file of
+    plain values and tensors; :func:`load_imputer` reads both.
+    """
     if not isinstance(imputer, (TabularImputer, ImageTokenImputer)):
         raise TypeError(f"expected a TabularImputer or ImageTokenImputer, got {type(imputer).__name__}.")
     path = Path(path)
+    if isinstance(imputer, _torch_imputer_classes()):
+        return imputer.save(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sio.dump(imputer, path)
     logger.info("saved %s to %s.", type(imputer).__name__, path)
@@ -64,6 +72,8 @@ def load_imputer(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"imputer file {path} does not exist.")
+    if _is_torch_archive(path):
+        return _load_torch_imputer(path)
     trusted = list(TRUSTED_TYPES) + [str(name) for name in extra_trusted]
 
     try:
@@ -87,3 +97,37 @@ def load_imputer(
         raise ValueError(f"{path} contains a {type(imputer).__name__}, not a saved imputer.")
     logger.info("loaded %s from %s.", type(imputer).__name__, path)
     return imputer
+
+
+def _torch_imputer_classes() -> tuple[type, ...]:
+    # Imported here: the torch imputers import this package's base module.
+    from pipeline.imputation.image_features import TokenImputer
+    from pipeline.imputation.learned import LearnedTabularImputer
+
+    return (LearnedTabularImputer, TokenImputer)
+
+
+def _is_torch_archive(path: Path) -> bool:
+    """Tell a ``torch.save`` zip archive (it has a ``data.pkl`` member) from a skops one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _load_torch_imputer(path: Path) -> TabularImputer | ImageTokenImputer:
+    """Load a torch-based imputer with ``weights_only=True`` and dispatch on its ``format`` field."""
+    try:
+        contents = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        # A damaged or foreign torch archive raises one of several unpickler or zip errors.
+        raise ValueError(f"{path} is not a readable saved imputer ({type(error).__name__}: {error}).") from error
+    file_format = contents.get("format") if isinstance(contents, dict) else None
+    for imputer_class in _torch_imputer_classes():
+        if file_format == f"pipeline.imputation.{imputer_class.__name__}":
+            imputer = imputer_class.load(path)
+            logger.info("loaded %s from %s.", imputer_class.__name__, path)
+            return imputer
+    raise ValueError(f"{path} is a torch file but not a saved imputer (format {file_format!r}).")
+

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skops.io as sio
+import torch
 from sklearn.linear_model import LogisticRegression
 
 from pipeline.data.tabular import EncodedTable
 from pipeline.imputation.baseline import MeanModeImputer
+from pipeline.imputation.image_features import TokenImputer
 from pipeline.imputation.iterative import IterativeTabularImputer
 from pipeline.imputation.persistence import load_imputer, save_imputer
 
@@ -88,3 +90,24 @@ def test_persistence_rejects_foreign_estimator(tmp_path: Path) -> None:
 def test_persistence_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_imputer(tmp_path / "absent.skops")
+
+
+def test_torch_imputers_round_trip_through_save_imputer(tmp_path):
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(40, 2, 4)).astype(np.float32)
+    source = rng.normal(size=(40, 3)).astype(np.float32)
+    imputer = TokenImputer(max_epochs=3, random_state=0).fit(tokens, source, np.ones(40, dtype=bool))
+
+    path = save_imputer(imputer, tmp_path / "tokens.pt")
+    loaded = load_imputer(path)
+
+    assert isinstance(loaded, TokenImputer)
+    np.testing.assert_array_equal(loaded.transform(source), imputer.transform(source))
+
+
+def test_foreign_torch_file_rejected(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, path)
+
+    with pytest.raises(ValueError, match="weights.pt is a torch file but not a saved imputer"):
+        load_imputer(path)

@@ -8,7 +8,12 @@ import pytest
 
 from pipeline.data.tabular import EncodedTable, TabularEncoder
 from pipeline.imputation.base import RecoveredTable
-from pipeline.imputation.quality import OVERALL_CATEGORICAL, OVERALL_CONTINUOUS, imputation_quality, write_report
+from pipeline.imputation.quality import (
+    OVERALL_CATEGORICAL,
+    OVERALL_CONTINUOUS,
+    imputation_quality,
+    write_report,
+)
 
 
 def test_quality_hand_worked_scores() -> None:
