@@ -25,6 +25,7 @@ from torch import nn
 
 from pipeline.imputation.base import ImageTokenImputer
 from pipeline.imputation.learned import train_with_early_stopping
+from pipeline.imputation.torch_files import read_checked, rebuild_checked, write_checked
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,6 @@ class TokenImputer(ImageTokenImputer):
         """
         check_is_fitted(self, "network_")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         params = self.get_params()
         if not (params["random_state"] is None or isinstance(params["random_state"], int)):
             # A RandomState cannot be stored, and the trained weights no longer depend on it.
@@ -207,7 +207,7 @@ class TokenImputer(ImageTokenImputer):
             "history": self.history_,
             "state_dict": {name: value.detach().cpu() for name, value in self.network_.state_dict().items()},
         }
-        torch.save(contents, path)
+        write_checked(contents, path)
         logger.info("saved the token imputer to %s.", path)
         return path
 
@@ -218,27 +218,22 @@ class TokenImputer(ImageTokenImputer):
         Raises:
             ValueError: if the file is not a saved token imputer of this version.
         """
-        contents = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(contents, dict) or contents.get("format") != TOKEN_IMPUTER_FORMAT:
-            found = contents.get("format") if isinstance(contents, dict) else type(contents).__name__
-            raise ValueError(f"{path}: expected format {TOKEN_IMPUTER_FORMAT!r}, got {found!r}.")
-        if contents.get("version") != TOKEN_IMPUTER_VERSION:
-            raise ValueError(
-                f"{path}: expected version {TOKEN_IMPUTER_VERSION} of {TOKEN_IMPUTER_FORMAT!r}, "
-                f"got {contents.get('version')!r}."
-            )
+        contents = read_checked(path, TOKEN_IMPUTER_FORMAT, TOKEN_IMPUTER_VERSION)
 
-        imputer = cls(**contents["params"])
-        imputer.source_shape_ = tuple(contents["source_shape"])
-        imputer.source_mean_ = contents["source_mean"].numpy()
-        imputer.source_scale_ = contents["source_scale"].numpy()
-        imputer.best_epoch_ = int(contents["best_epoch"])
-        imputer.history_ = list(contents["history"])
-        mean_tokens = torch.zeros(int(contents["num_tokens"]), int(contents["token_dim"]))
-        network = imputer._build_network(len(imputer.source_mean_), mean_tokens)
-        network.load_state_dict(contents["state_dict"])
-        imputer.network_ = network.eval()
-        return imputer
+        def rebuild() -> TokenImputer:
+            imputer = cls(**contents["params"])
+            imputer.source_shape_ = tuple(contents["source_shape"])
+            imputer.source_mean_ = contents["source_mean"].numpy()
+            imputer.source_scale_ = contents["source_scale"].numpy()
+            imputer.best_epoch_ = int(contents["best_epoch"])
+            imputer.history_ = list(contents["history"])
+            mean_tokens = torch.zeros(int(contents["num_tokens"]), int(contents["token_dim"]))
+            network = imputer._build_network(len(imputer.source_mean_), mean_tokens)
+            network.load_state_dict(contents["state_dict"])
+            imputer.network_ = network.eval()
+            return imputer
+
+        return rebuild_checked(path, rebuild)
 
     def _check_parameters(self) -> None:
         """Raise ``ValueError`` or ``TypeError`` for a constructor argument outside its range."""

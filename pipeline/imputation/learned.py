@@ -22,6 +22,7 @@ from torch import nn
 
 from pipeline.data.tabular import EncodedTable
 from pipeline.imputation.base import RecoveredTable, TabularImputer, check_table
+from pipeline.imputation.torch_files import read_checked, rebuild_checked, write_checked
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +138,10 @@ class LearnedTabularImputer(TabularImputer):
     kept.
 
     :meth:`transform` fills every missing value of a column that was observed in at least one
-    training row: a categorical value by the level with the highest logit, so always one of the
-    column's levels, and a continuous value by the regression output, in standardised units.
-    Columns that no training row observed stay missing and are not marked recovered.
+    training row. A categorical value gets the level with the highest logit, so always one of the
+    column's levels, and a continuous value the regression output, in standardised units. A column
+    that no training row observed is filled with level 0 or the standardised value 0, marked
+    recovered, and reported by a warning in :meth:`fit`.
 
     All randomness (initial weights, row split, hidden values, dropout, batch order) comes from
     ``random_state``, so the same seed and data give the same values on the same machine and
@@ -284,7 +286,6 @@ class LearnedTabularImputer(TabularImputer):
         """
         check_is_fitted(self, "network_")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         contents = {
             "format": LEARNED_IMPUTER_FORMAT,
             "version": LEARNED_IMPUTER_VERSION,
@@ -300,7 +301,7 @@ class LearnedTabularImputer(TabularImputer):
             "history": self.history_,
             "state_dict": {name: value.detach().cpu() for name, value in self.network_.state_dict().items()},
         }
-        torch.save(contents, path)
+        write_checked(contents, path)
         logger.info("saved the learned tabular imputer to %s.", path)
         return path
 
@@ -311,29 +312,24 @@ class LearnedTabularImputer(TabularImputer):
         Raises:
             ValueError: if the file is not a saved learned tabular imputer of this version.
         """
-        contents = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(contents, dict) or contents.get("format") != LEARNED_IMPUTER_FORMAT:
-            found = contents.get("format") if isinstance(contents, dict) else type(contents).__name__
-            raise ValueError(f"{path}: expected format {LEARNED_IMPUTER_FORMAT!r}, got {found!r}.")
-        if contents.get("version") != LEARNED_IMPUTER_VERSION:
-            raise ValueError(
-                f"{path}: expected version {LEARNED_IMPUTER_VERSION} of {LEARNED_IMPUTER_FORMAT!r}, "
-                f"got {contents.get('version')!r}."
-            )
+        contents = read_checked(path, LEARNED_IMPUTER_FORMAT, LEARNED_IMPUTER_VERSION)
 
-        imputer = cls(**contents["params"])
-        imputer.cardinalities_ = tuple(contents["cardinalities"])
-        imputer.columns_ = tuple(contents["columns"])
-        imputer.trainable_columns_ = contents["trainable_columns"].numpy().astype(bool)
-        imputer.image_features_ = int(contents["image_features"])
-        imputer.image_mean_ = contents["image_mean"].numpy()
-        imputer.image_scale_ = contents["image_scale"].numpy()
-        imputer.best_epoch_ = int(contents["best_epoch"])
-        imputer.history_ = list(contents["history"])
-        network = imputer._build_network(int(contents["num_continuous"]))
-        network.load_state_dict(contents["state_dict"])
-        imputer.network_ = network.eval()
-        return imputer
+        def rebuild() -> LearnedTabularImputer:
+            imputer = cls(**contents["params"])
+            imputer.cardinalities_ = tuple(contents["cardinalities"])
+            imputer.columns_ = tuple(contents["columns"])
+            imputer.trainable_columns_ = contents["trainable_columns"].numpy().astype(bool)
+            imputer.image_features_ = int(contents["image_features"])
+            imputer.image_mean_ = contents["image_mean"].numpy()
+            imputer.image_scale_ = contents["image_scale"].numpy()
+            imputer.best_epoch_ = int(contents["best_epoch"])
+            imputer.history_ = list(contents["history"])
+            network = imputer._build_network(int(contents["num_continuous"]))
+            network.load_state_dict(contents["state_dict"])
+            imputer.network_ = network.eval()
+            return imputer
+
+        return rebuild_checked(path, rebuild)
 
     def _check_parameters(self) -> None:
         """Raise ``ValueError`` or ``TypeError`` for a constructor argument outside its range."""

@@ -179,7 +179,7 @@ def test_save_and_load_give_same_values(cohort: dict, tmp_path) -> None:
 def test_load_rejects_other_file(tmp_path) -> None:
     path = tmp_path / "other.pt"
     torch.save({"format": "something.else", "version": 1}, path)
-    with pytest.raises(ValueError, match="expected format"):
+    with pytest.raises(ValueError, match="expected a file of format"):
         LearnedTabularImputer.load(path)
 
 

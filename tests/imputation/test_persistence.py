@@ -111,3 +111,30 @@ def test_foreign_torch_file_rejected(tmp_path):
 
     with pytest.raises(ValueError, match="weights.pt is a torch file but not a saved imputer"):
         load_imputer(path)
+
+
+def fitted_token_imputer() -> TokenImputer:
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(40, 2, 4)).astype(np.float32)
+    source = rng.normal(size=(40, 3)).astype(np.float32)
+    return TokenImputer(max_epochs=3, random_state=0).fit(tokens, source, np.ones(40, dtype=bool))
+
+
+def test_flipped_bytes_in_torch_imputer_rejected(tmp_path):
+    path = save_imputer(fitted_token_imputer(), tmp_path / "tokens.pt")
+    data = bytearray(path.read_bytes())
+    weights_start = data.find(b"data/0")  # inside the archive's tensor storage
+    offset = max(weights_start, 0) + 400
+    data[offset : offset + 4] = bytes(byte ^ 0xFF for byte in data[offset : offset + 4])
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(ValueError, match="tokens.pt"):
+        load_imputer(path)
+
+
+def test_torch_file_with_imputer_format_but_no_contents_rejected(tmp_path):
+    path = tmp_path / "fake.pt"
+    torch.save({"format": "pipeline.imputation.TokenImputer", "version": 1}, path)
+
+    with pytest.raises(ValueError, match="fake.pt: the contents do not match the checksum"):
+        load_imputer(path)
