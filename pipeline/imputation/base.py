@@ -251,9 +251,30 @@ def check_table(table: EncodedTable, cardinalities: Sequence[int] | None = None)
         )
     if len(table.columns) != n_columns:
         raise ValueError(f"table has {n_columns} value columns but {len(table.columns)} names {list(table.columns)}.")
+    if not np.issubdtype(table.categorical.dtype, np.integer):
+        raise TypeError(
+            f"table.categorical must hold integer level indices (-1 for missing), got dtype {table.categorical.dtype}; "
+            "encode the table with pipeline.data.tabular.TabularEncoder."
+        )
+    if not np.issubdtype(table.continuous.dtype, np.floating):
+        raise TypeError(f"table.continuous must be a float array (NaN for missing), got dtype {table.continuous.dtype}.")
+    infinite = np.isinf(table.continuous)
+    if infinite.any():
+        row, column = np.argwhere(infinite)[0]
+        raise ValueError(
+            f"column {table.columns[n_categorical + column]!r} is {table.continuous[row, column]} in row {row}; "
+            "values must be finite, or NaN where missing."
+        )
     expected_missing = np.concatenate([table.categorical < 0, np.isnan(table.continuous)], axis=1)
-    if not np.array_equal(expected_missing, table.missing_values):
-        raise ValueError("missing_values disagrees with the -1 level indices and NaN values of the table.")
+    disagreeing = expected_missing != table.missing_values
+    if disagreeing.any():
+        row, column = np.argwhere(disagreeing)[0]
+        raise ValueError(
+            f"missing_values[{row}, {column}] (column {table.columns[column]!r}) is {bool(table.missing_values[row, column])}, "
+            "but the value there is "
+            f"{'missing (-1 or NaN)' if expected_missing[row, column] else 'present'}; missing_values must be True exactly "
+            "where a level index is -1 or a continuous value is NaN."
+        )
 
     if cardinalities is None:
         return

@@ -21,7 +21,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from pipeline.data.tabular import EncodedTable
-from pipeline.imputation.base import RecoveredTable, TabularImputer, check_table
+from pipeline.imputation.base import (
+    RecoveredTable,
+    TabularImputer,
+    check_fitted_columns,
+    check_table,
+)
 from pipeline.imputation.torch_files import read_checked, rebuild_checked, write_checked
 
 logger = logging.getLogger(__name__)
@@ -264,7 +269,7 @@ class LearnedTabularImputer(TabularImputer):
                 outside its cardinality, or the image inputs have the wrong shape.
         """
         check_is_fitted(self, "network_")
-        check_table(table, self.cardinalities_)
+        check_fitted_columns(self, table)
         if tuple(table.columns) != self.columns_:
             raise ValueError(
                 f"table has columns {list(table.columns)}, but the imputer was fitted on {list(self.columns_)}."
