@@ -191,6 +191,14 @@ def recover_batch(
     missing_keys = [key for key in TABLE_KEYS if key not in table]
     if missing_keys:
         raise KeyError(f"table has no {missing_keys} tensors; it has {sorted(table)}.")
+    not_tensors = [key for key in TABLE_KEYS if not isinstance(table[key], torch.Tensor)]
+    if not_tensors or not isinstance(present_mask, torch.Tensor):
+        raise TypeError(
+            f"recover_batch takes torch tensors (a collated batch); {not_tensors or ['present_mask']} are not. "
+            "Convert arrays with torch.as_tensor, or call imputer.transform on an EncodedTable."
+        )
+    if isinstance(table_index, bool) or not isinstance(table_index, int):
+        raise TypeError(f"table_index must be an int column of present_mask, got {type(table_index).__name__} {table_index!r}.")
     if not isinstance(imputer, TabularImputer):
         raise TypeError(f"imputer must be a TabularImputer, got {type(imputer).__name__}.")
     columns = getattr(imputer, "columns_", None)
@@ -278,6 +286,11 @@ def check_table(table: EncodedTable, cardinalities: Sequence[int] | None = None)
 
     if cardinalities is None:
         return
+    if isinstance(cardinalities, (str, bytes)) or not isinstance(cardinalities, Sequence | np.ndarray):
+        raise TypeError(
+            f"cardinalities must be a sequence of level counts, one per categorical column, got "
+            f"{type(cardinalities).__name__} {cardinalities!r}; use TabularEncoder.cardinalities."
+        )
     limits = np.asarray(list(cardinalities), dtype=np.int64)
     if limits.shape != (n_categorical,) or (limits < 1).any():
         raise ValueError(f"cardinalities must be {n_categorical} positive level counts, got {list(cardinalities)}.")

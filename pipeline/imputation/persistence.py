@@ -70,6 +70,8 @@ def load_imputer(
             is not trusted, or does not contain an imputer.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, expected a saved imputer file.")
     if not path.is_file():
         raise FileNotFoundError(f"imputer file {path} does not exist.")
     if _is_torch_archive(path):
