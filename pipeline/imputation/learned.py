@@ -129,8 +129,11 @@ class TabularImputationNetwork(nn.Module):
 class LearnedTabularImputer(TabularImputer):
     """Recover missing table values with a network trained to fill randomly hidden values.
 
-    Training hides each observed value of the training rows with probability
-    ``mask_probability`` and teaches :class:`TabularImputationNetwork` to recover it. The loss is
+    Training hides observed values of the training rows and teaches
+    :class:`TabularImputationNetwork` to recover them. Each row draws its own hiding rate from the
+    ``mask_probability`` range, so the network meets rows from almost complete to almost empty, as
+    it does at test time across missing rates. With one fixed rate of 0.25 it lost to mean/mode
+    filling when 90 % of a row was missing (measured in ``docs/imputation.md``). The loss is
     cross-entropy over the levels for a categorical column and squared error on the standardised
     value for a continuous column, averaged over the hidden values.
 
@@ -156,7 +159,8 @@ class LearnedTabularImputer(TabularImputer):
         hidden: width of the hidden layers.
         depth: hidden layers.
         dropout: dropout rate after each hidden layer.
-        mask_probability: probability of hiding each observed value in a training row, in (0, 1).
+        mask_probability: ``(low, high)``: each training row hides its observed values with a
+            rate drawn uniformly from this range, within (0, 1). A single number is a fixed rate.
         image_drop_probability: probability of hiding a present image during training, in [0, 1).
         max_epochs: upper bound on training epochs.
         batch_size: rows per optimisation step.
@@ -183,7 +187,7 @@ class LearnedTabularImputer(TabularImputer):
         hidden: int = 128,
         depth: int = 2,
         dropout: float = 0.1,
-        mask_probability: float = 0.25,
+        mask_probability: float | tuple[float, float] = (0.05, 0.95),
         image_drop_probability: float = 0.25,
         max_epochs: int = 200,
         batch_size: int = 64,
@@ -342,9 +346,11 @@ class LearnedTabularImputer(TabularImputer):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        rates = _mask_rate_range(self.mask_probability)
+        if not 0.0 < rates[0] <= rates[1] < 1.0:
+            raise ValueError(f"mask_probability must lie in (0, 1) with low <= high, got {self.mask_probability!r}.")
         ranges = {
             "dropout": (0.0, 1.0, False),
-            "mask_probability": (0.0, 1.0, True),
             "image_drop_probability": (0.0, 1.0, False),
             "validation_fraction": (0.0, 1.0, False),
         }
@@ -561,9 +567,24 @@ def _select_rows(tensors: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
     return {name: None if value is None else value[rows] for name, value in tensors.items()}
 
 
-def _hidden_values(missing_values: torch.Tensor, probability: float) -> torch.Tensor:
-    """Draw the observed values to hide: ``(n, N)`` bool, each observed value with ``probability``."""
-    return ~missing_values & (torch.rand(missing_values.shape) < probability)
+def _mask_rate_range(mask_probability: Any) -> tuple[float, float]:
+    """Return ``(low, high)`` from a fixed rate or a pair, or raise ``TypeError``."""
+    if isinstance(mask_probability, (int, float)) and not isinstance(mask_probability, bool):
+        return float(mask_probability), float(mask_probability)
+    if (
+        isinstance(mask_probability, (list, tuple))
+        and len(mask_probability) == 2
+        and all(isinstance(rate, (int, float)) and not isinstance(rate, bool) for rate in mask_probability)
+    ):
+        return float(mask_probability[0]), float(mask_probability[1])
+    raise TypeError(f"mask_probability must be a number or a (low, high) pair, got {mask_probability!r}.")
+
+
+def _hidden_values(missing_values: torch.Tensor, probability: float | tuple[float, float]) -> torch.Tensor:
+    """Draw the observed values to hide: ``(n, N)`` bool, at a rate drawn per row from ``probability``."""
+    low, high = _mask_rate_range(probability)
+    rates = low + (high - low) * torch.rand(missing_values.shape[0], 1)  # (n, 1)
+    return ~missing_values & (torch.rand(missing_values.shape) < rates)
 
 
 def _masked_loss(network: TabularImputationNetwork, batch: dict[str, Any], hidden: torch.Tensor) -> torch.Tensor:

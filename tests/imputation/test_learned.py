@@ -10,7 +10,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from pipeline.data.tabular import EncodedTable
-from pipeline.imputation.learned import LearnedTabularImputer
+from pipeline.imputation.learned import LearnedTabularImputer, _hidden_values
 
 COLUMNS = ("sign", "band", "x", "y", "w")
 CARDINALITIES = (2, 3)
@@ -259,7 +259,7 @@ def test_fit_rejects_single_row() -> None:
     [
         ("hidden", 0, "hidden must be a positive int"),
         ("max_epochs", 1.5, "max_epochs must be a positive int"),
-        ("mask_probability", 0.0, "mask_probability must be in"),
+        ("mask_probability", 0.0, "mask_probability must lie in"),
         ("image_drop_probability", 1.0, "image_drop_probability must be in"),
         ("validation_fraction", -0.1, "validation_fraction must be in"),
         ("learning_rate", -1.0, "learning_rate must be a non-negative number"),
@@ -274,3 +274,36 @@ def test_fit_rejects_invalid_parameter(parameter: str, value: float, message: st
 def test_fit_rejects_dropout_of_wrong_type() -> None:
     with pytest.raises(TypeError, match="dropout must be a number"):
         LearnedTabularImputer(dropout="0.1").fit(small_table(), CARDINALITIES)
+
+
+def test_hidden_rate_varies_per_row() -> None:
+    torch.manual_seed(0)
+    missing = torch.zeros(400, 50, dtype=torch.bool)
+
+    hidden = _hidden_values(missing, (0.05, 0.95))
+    row_rates = hidden.float().mean(dim=1)
+
+    assert row_rates.min() < 0.2
+    assert row_rates.max() > 0.8
+    assert not bool((hidden & missing).any())
+
+
+def test_fixed_hidden_rate() -> None:
+    torch.manual_seed(0)
+
+    hidden = _hidden_values(torch.zeros(400, 50, dtype=torch.bool), 0.25)
+
+    assert abs(float(hidden.float().mean()) - 0.25) < 0.01
+
+
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        ((0.9, 0.1), ValueError, "low <= high"),
+        ("0.25", TypeError, "a number or a \\(low, high\\) pair"),
+        ((0.1, 0.5, 0.9), TypeError, "a number or a \\(low, high\\) pair"),
+    ],
+)
+def test_mask_probability_range_checked(value, error, message) -> None:
+    with pytest.raises(error, match=message):
+        LearnedTabularImputer(mask_probability=value).fit(small_table(), CARDINALITIES)
