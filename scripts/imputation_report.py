@@ -3,7 +3,7 @@
 For every tabular modality of the cohort and every gamma, the imputers are fitted on the training
 split and scored on the test split, on the cells that ``missingness/tabular_<mode>_gamma<gamma>_seed<seed>.csv``
 masks. By default the imputers are fitted on the training rows as they are in the cohort, so the
-simulated missingness applies to the evaluated split only; ``--mask-training`` applies the same
+simulated missingness applies to the evaluated split only. ``--mask-training`` applies the same
 mask to the training rows as well.
 
 Example::

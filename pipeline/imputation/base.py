@@ -36,8 +36,8 @@ class RecoveredTable:
     """A table with every missing value filled in, and where the filled values are.
 
     Attributes:
-        table: the completed :class:`EncodedTable`. ``categorical`` holds no ``-1``, ``continuous``
-            holds no ``NaN`` and ``missing_values`` is all ``False``.
+        table: the completed :class:`EncodedTable`. ``categorical`` contains no ``-1``,
+            ``continuous`` contains no ``NaN`` and ``missing_values`` is all ``False``.
         recovered: ``(n, N)`` bool, ``True`` where the imputer filled in the value, categorical
             columns first. It equals the input table's ``missing_values``.
     """
@@ -131,7 +131,7 @@ class ImageTokenImputer(BaseEstimator, ABC):
     """Base class of the imputers that recover the image tokens of subjects without an image.
 
     ``source`` is what the imputer predicts from, for example the encoded clinical table of the
-    same subjects; its layout is fixed by the subclass and has ``n`` rows.
+    same subjects. It has ``n`` rows, and each subclass fixes the layout of a row.
     """
 
     @abstractmethod

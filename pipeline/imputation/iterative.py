@@ -10,8 +10,8 @@ every column on all the others with the estimator of its type and fills in that 
 values before the next column is modelled. The differences from ``IterativeImputer`` are:
 
 - every column with at least two distinct observed values gets a model, not only the columns
-  that had missing values during fit, so a column that is complete in training but missing at
-  test time is still predicted rather than left at its mean;
+  that had missing values during fit. So a column that is complete in training but missing at
+  test time is still predicted, not left at its mean;
 - the other columns enter as features one-hot encoded (categorical) or standardised
   (continuous), so Bayesian ridge never treats a level index as a number;
 - the loop stops after ``max_iter`` rounds, or earlier when a round changes no categorical

@@ -1,8 +1,8 @@
 """Save and load fitted imputers without unpickling untrusted data.
 
 Fitted imputers are stored with ``skops.io`` (0.16), not ``pickle`` or ``joblib``. A skops file
-is a zip archive with a JSON description of the objects. Loading rebuilds only the types it is
-told to trust, so a file cannot run code on load the way a pickle can. Refitting from the
+is a zip archive with a JSON description of the objects. Loading rebuilds only the types passed
+as trusted, so a file cannot run code on load the way a pickle can. Refitting from the
 training split with a fixed seed would also avoid pickle, but it needs the cohort at load time
 and repeats a full fit each time, so the fitted state is saved.
 
@@ -92,8 +92,8 @@ def load_imputer(
     try:
         imputer = sio.load(path, trusted=trusted)
     except Exception as error:
-        # skops raises many kinds of errors on an edited archive (bad JSON, missing member,
-        # CRC mismatch, unexpected node); all of them mean the file cannot be used.
+        # skops raises many kinds of errors on an edited archive: bad JSON, a missing member, a
+        # CRC mismatch or an unexpected node. Each means the file cannot be used.
         raise ValueError(f"{path} could not be loaded as a saved imputer ({type(error).__name__}: {error}).") from error
     if not isinstance(imputer, (TabularImputer, ImageTokenImputer)):
         raise ValueError(f"{path} contains a {type(imputer).__name__}, not a saved imputer.")

@@ -19,7 +19,7 @@ class TabularTokenizer(nn.Module):
     Categorical column ``i`` has its own embedding table with ``categorical_cardinalities[i]``
     rows; continuous column ``j`` is mapped by its own affine map ``x * w_j + b_j``. A value marked
     missing is replaced by a learned mask token before a learned column embedding is added, so the
-    transformer sees which column is missing but never the placeholder value.
+    transformer receives which column is missing but never the placeholder value.
 
     Forward inputs, categorical columns first in every tensor that spans all columns:
 

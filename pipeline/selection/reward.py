@@ -1,7 +1,7 @@
 """The DyMo reward for admitting one recovered modality, computed from the network's embedding.
 
 Shape letters: ``B`` batch (or candidate pairs), ``M`` modalities, ``K`` classes, ``P`` embedding
-width. No function here sees a label.
+width. No function here takes a label.
 
 For the current presence mask ``m`` with outputs ``(o, e)`` and the mask ``m_u = m + {u}`` with
 outputs ``(o_u, e_u)``:

@@ -166,7 +166,8 @@ def test_mixed_series_without_rule_raises(tmp_path):
         assert item.uid in message
         assert f"SeriesNumber {item.number}" in message
         assert f"{item.file_count} files" in message
-    assert "SAX_TEST" in message and "LOC_TEST" in message
+    assert "SAX_TEST" in message
+    assert "LOC_TEST" in message
 
 
 def test_mixed_series_rule_selects_sax(tmp_path, caplog):
@@ -284,7 +285,8 @@ def test_missing_pixel_spacing_raises_or_assumes(tmp_path, caplog):
         _, affine, metadata = _read(folder, assume_missing_geometry=True, assumed_spacing=1.0)
 
     assert metadata["spacing_source"] == "assumed"
-    assert str(folder) in caplog.text and "PixelSpacing" in caplog.text
+    assert str(folder) in caplog.text
+    assert "PixelSpacing" in caplog.text
     np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), [1.0, 1.0, 2.0])
 
 

@@ -95,7 +95,9 @@ def test_qform_sform_mismatch_uses_sform(tmp_path, caplog):
     world = affine @ np.append(marker, 1)
     monai_marker = np.argwhere(monai_image.numpy() == 1000)[0]
     np.testing.assert_allclose(monai_image.affine.numpy() @ np.append(monai_marker, 1), world)
-    assert str(path) in caplog.text and "code 1" in caplog.text and "code 2" in caplog.text
+    assert str(path) in caplog.text
+    assert "code 1" in caplog.text
+    assert "code 2" in caplog.text
 
 
 def _qbad(path, quatern_d):
@@ -157,7 +159,8 @@ def test_twin_files_raise_naming_both(tmp_path):
     with pytest.raises(NiftiFileError) as error:
         load_nifti(two)
 
-    assert str(one) in str(error.value) and str(two) in str(error.value)
+    assert str(one) in str(error.value)
+    assert str(two) in str(error.value)
 
 
 def test_not_nifti_and_missing_file_raise(tmp_path):

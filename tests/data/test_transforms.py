@@ -70,7 +70,8 @@ def test_cache_reused_until_files_change(tmp_path):
     os.utime(paths[0], ns=(paths[0].stat().st_atime_ns, paths[0].stat().st_mtime_ns + 10**9))
     changed = cache_series_as_nifti(folder, cache)
 
-    assert again == first and again.stat().st_mtime_ns == mtime
+    assert again == first
+    assert again.stat().st_mtime_ns == mtime
     assert other_rule != first
     assert changed != first
     assert not list(cache.glob("*.partial*"))
@@ -191,7 +192,8 @@ def test_mixed_presence_batch_collates(tmp_path):
     assert batch["present_cine"].tolist() == [True, False, True, False]
     assert batch["present"]["cine"].tolist() == [True, False, True, False]
     assert torch.count_nonzero(batch["cine"][1]) == 0
-    assert 0.0 <= batch["cine"][0].min() and batch["cine"][0].max() <= 1.0
+    assert batch["cine"][0].min() >= 0.0
+    assert batch["cine"][0].max() <= 1.0
 
 
 def test_placeholder_untouched_by_preprocessing():
@@ -224,7 +226,8 @@ def test_wrong_output_shape_names_file(tmp_path):
         cause = cause.__cause__
     assert isinstance(cause, ValueError)
     assert "two_channel.nii.gz" in str(cause)
-    assert "(1, 4, 4, 2)" in str(cause) and "(2, 4, 4, 2)" in str(cause)
+    assert "(1, 4, 4, 2)" in str(cause)
+    assert "(2, 4, 4, 2)" in str(cause)
 
 
 @pytest.mark.parametrize(

@@ -132,7 +132,7 @@ def test_flipped_bytes_in_torch_imputer_rejected(tmp_path):
         load_imputer(path)
 
 
-def test_torch_file_with_imputer_format_but_no_contents_rejected(tmp_path):
+def test_imputer_format_without_contents_rejected(tmp_path):
     path = tmp_path / "fake.pt"
     torch.save({"format": "pipeline.imputation.TokenImputer", "version": 1}, path)
 

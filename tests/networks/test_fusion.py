@@ -97,7 +97,7 @@ def test_used_modality_changes_output():
     assert not torch.allclose(network(inputs, mask)[0], network(changed, mask)[0])
 
 
-def test_cosine_embedding_is_unit_length_and_euclidean_is_not():
+def test_embedding_norm_by_kind():
     inputs_mask = torch.ones(4, 3, dtype=torch.bool)
     cosine = make_network(embedding="cosine")
     euclidean = make_network(embedding="euclidean")
