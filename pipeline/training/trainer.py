@@ -100,6 +100,10 @@ class SubsetTrainer:
         prototype_weight: weight ``lambda`` of the prototype loss, a finite number >= 0.
         prototype_temperature: softmax temperature ``t`` of the prototype loss, a finite number > 0.
         prototype_warmup_epochs: first epoch index at which the prototype loss counts, an int >= 0.
+        selection_start_epoch: first epoch index that may be kept as the best model, an int in
+            ``[0, max_epochs)``. Set it to ``prototype_warmup_epochs`` so that the kept network was
+            trained with the prototype loss; earlier epochs count neither as best nor towards
+            ``patience``.
         seed: seed of every random draw made by the trainer.
         device: device to train on. It must exist on this machine.
         present_key: batch key of the presence mask ``(B, M)``.
@@ -124,6 +128,7 @@ class SubsetTrainer:
         prototype_weight: float = 1.0,
         prototype_temperature: float = 0.1,
         prototype_warmup_epochs: int = 3,
+        selection_start_epoch: int = 0,
         seed: int = 0,
         device: str | torch.device = "cpu",
         present_key: str = "present",
@@ -144,6 +149,12 @@ class SubsetTrainer:
         prototype_weight = check_real("prototype_weight", prototype_weight, minimum=0.0, strict=False)
         prototype_temperature = check_real("prototype_temperature", prototype_temperature, minimum=0.0, strict=True)
         prototype_warmup_epochs = check_int("prototype_warmup_epochs", prototype_warmup_epochs, minimum=0)
+        selection_start_epoch = check_int("selection_start_epoch", selection_start_epoch, minimum=0)
+        if selection_start_epoch >= max_epochs:
+            raise ValueError(
+                f"selection_start_epoch ({selection_start_epoch}) must be below max_epochs ({max_epochs}), "
+                "or no epoch could be kept."
+            )
         seed = check_int("seed", seed, minimum=-(2**63))
         if seed >= 2**64:
             raise ValueError(
@@ -165,6 +176,7 @@ class SubsetTrainer:
         self.learning_rate = learning_rate
         self.max_epochs = max_epochs
         self.patience = patience
+        self.selection_start_epoch = selection_start_epoch
         self.seed = seed
         self.present_key = present_key
         self.label_key = label_key
@@ -218,8 +230,9 @@ class SubsetTrainer:
                 validation = self.evaluate(val_batches, warn_on_fallback=epoch == 0)
                 _record_epoch(history, losses, validation)
 
-                # best_metric starts as NaN, so epoch 0 is always the first best.
-                improved = math.isnan(history.best_metric) or validation.metric > history.best_metric
+                # best_metric starts as NaN, so the first eligible epoch is always the first best.
+                eligible = epoch >= self.selection_start_epoch
+                improved = eligible and (math.isnan(history.best_metric) or validation.metric > history.best_metric)
                 if improved:
                     history.best_epoch, history.best_metric = epoch, validation.metric
                     best_state = {name: value.detach().clone() for name, value in self.network.state_dict().items()}
@@ -227,7 +240,7 @@ class SubsetTrainer:
                     epochs_without_improvement = 0
                     if checkpoint_path is not None:
                         self._save(checkpoint_path, epoch, validation)
-                else:
+                elif eligible:
                     epochs_without_improvement += 1
 
                 self._log_epoch(epoch, losses, validation, history)

@@ -111,6 +111,23 @@ def test_early_stopping_restores_best_epoch(network_factory, batch_factory):
     assert not torch.equal(states[2]["classifier.weight"], states[0]["classifier.weight"])
 
 
+def test_selection_start_epoch_skips_early_epochs(network_factory, batch_factory):
+    network = network_factory()
+    trainer = SubsetTrainer(network, learning_rate=1e-2, max_epochs=20, patience=2, selection_start_epoch=2)
+    metrics = iter([0.95, 0.9, 0.6, 0.7, 0.65, 0.64, 0.63])
+
+    def metric_peaking_early(val_batches, warn_on_fallback=True):
+        return PooledValidation(next(metrics), "roc_auc", 1)
+
+    trainer.evaluate = metric_peaking_early
+
+    history = trainer.fit(batch_factory(64, seed=1), batch_factory(32, seed=2))
+
+    assert history.best_epoch == 3
+    assert history.best_metric == 0.7
+    assert history.epochs_run == 6
+
+
 def test_max_epochs_ends_training(network_factory, batch_factory):
     trainer = SubsetTrainer(network_factory(), max_epochs=2, patience=5)
 
@@ -200,6 +217,8 @@ def test_non_network_is_rejected():
         ({"learning_rate": 0.0}, ValueError, "learning_rate"),
         ({"max_epochs": 0}, ValueError, "max_epochs"),
         ({"patience": 0}, ValueError, "patience"),
+        ({"selection_start_epoch": 100}, ValueError, "selection_start_epoch"),
+        ({"selection_start_epoch": -1}, ValueError, "selection_start_epoch"),
         ({"seed": None}, TypeError, "seed"),
         ({"prototype_weight": -0.5}, ValueError, "prototype_weight"),
         ({"prototype_temperature": 0.0}, ValueError, "prototype_temperature"),

@@ -1,0 +1,93 @@
+"""The compared ways of classifying subjects with recovered modalities: discard, impute_all, dymo.
+
+Shape letters: ``n`` subjects, ``M`` modalities, ``N`` tokens, ``D`` token width, ``K`` classes.
+
+Every method takes tokens that are already encoded and recovered:
+
+- ``tokens``: ``(n, N, D)`` with every modality recovered (imputed values, generated tokens);
+- ``observed_tokens``: ``(n, N, D)`` with each modality as observed (a partly observed table
+  encoded with its missing values masked);
+- ``start_mask``: ``(n, M)`` the modalities with something observed;
+- ``candidate_mask``: ``(n, M)`` the modalities with something recovered.
+
+The network must be in eval mode (dropout off). A subject with nothing observed (an empty
+``start_mask`` row) has no evidence to select against. ``discard`` scores it with the training class prior; ``impute_all`` and every ``dymo``
+variant classify it from all its recovered modalities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.networks import MaskedFusionTransformer
+from pipeline.selection import DyMoSelector
+
+METHODS = ("discard", "impute_all", "dymo_cosine", "dymo_euclidean")
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """Predictions of one method for ``n`` subjects.
+
+    Attributes:
+        probabilities: ``(n, K)`` class probabilities.
+        used_mask: ``(n, M)`` the modalities each subject was classified with.
+        admitted_mask: ``(n, M)`` the recovered modalities that were used (a subset of the candidates).
+    """
+
+    probabilities: torch.Tensor
+    used_mask: torch.Tensor
+    admitted_mask: torch.Tensor
+
+
+def classify_discard(
+    network: MaskedFusionTransformer, observed_tokens: torch.Tensor, start_mask: torch.Tensor, prior: torch.Tensor
+) -> MethodOutput:
+    """Classify from observed data only; subjects with nothing observed get ``prior`` ``(K,)``."""
+    _check_evaluation_mode(network)
+    has_data = start_mask.any(dim=1)
+    probabilities = prior.to(observed_tokens.dtype).expand(len(start_mask), -1).clone()
+    if bool(has_data.any()):
+        with torch.no_grad():
+            logits, _ = network.classify(network.fuse(observed_tokens[has_data], start_mask[has_data]))
+        probabilities[has_data] = logits.softmax(dim=-1)
+    return MethodOutput(probabilities, start_mask.clone(), torch.zeros_like(start_mask))
+
+
+def classify_impute_all(
+    network: MaskedFusionTransformer, tokens: torch.Tensor, start_mask: torch.Tensor, candidate_mask: torch.Tensor
+) -> MethodOutput:
+    """Classify from every modality, observed or recovered."""
+    _check_evaluation_mode(network)
+    used = start_mask | candidate_mask
+    with torch.no_grad():
+        logits, _ = network.classify(network.fuse(tokens, used))
+    return MethodOutput(logits.softmax(dim=-1), used, candidate_mask.clone())
+
+
+def classify_dymo(
+    selector: DyMoSelector,
+    tokens: torch.Tensor,
+    observed_tokens: torch.Tensor,
+    start_mask: torch.Tensor,
+    candidate_mask: torch.Tensor,
+) -> MethodOutput:
+    """Greedy DyMo selection per subject; subjects with nothing observed use all recovered modalities."""
+    empty = ~start_mask.any(dim=1)
+    start = start_mask.clone()
+    candidates = candidate_mask.clone()
+    start[empty] = candidate_mask[empty]
+    candidates[empty] = False
+    observed_tokens = torch.where(empty[:, None, None], tokens, observed_tokens)
+
+    result = selector.select_tokens(tokens, start, candidates, observed_tokens)
+    admitted = result.admitted_mask.clone()
+    admitted[empty] = candidate_mask[empty]
+    return MethodOutput(result.logits.softmax(dim=-1), result.present_mask, admitted)
+
+
+def _check_evaluation_mode(network: MaskedFusionTransformer) -> None:
+    if network.training:
+        raise ValueError("the network is in training mode, so dropout would make predictions random; call network.eval() first.")

@@ -1,0 +1,285 @@
+"""Cohort access shared by the bundle workflows: manifest, encoders, image loading and masks.
+
+Shape letters: ``n`` subjects of a split, ``B`` batch, ``C_cat``/``C_num`` categorical/continuous
+columns, ``N`` columns in all, ``H, W, T`` image size (a cine's phase last).
+
+The workflows serve cohorts with exactly one image modality and one tabular modality, as in
+the CAD setting (a cardiac cine and a clinical table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose
+
+from pipeline.data.cohorts import build_cohort
+from pipeline.data.cohort_masks import MASK_FOLDER
+from pipeline.data.dataset import fit_tabular_encoders, presence_matrix, subject_items
+from pipeline.data.manifest import Manifest, read_manifest
+from pipeline.data.missingness import mask_filename, read_mask
+from pipeline.data.tabular import TabularEncoder
+from pipeline.data.transforms import LoadModalityImaged, MarkAbsentModalityd, image_preprocessing
+
+logger = logging.getLogger(__name__)
+
+ENCODERS_FILE = "tabular_encoders.json"
+
+
+@dataclass(frozen=True)
+class CohortLayout:
+    """The two modalities of an image + table cohort and how its images are prepared.
+
+    Attributes:
+        image: name of the image modality (e.g. ``"cine"``).
+        table: name of the tabular modality (e.g. ``"clinical"``).
+        kind: image kind from the schema: ``"2d"``, ``"2d+t"`` or ``"3d"``.
+        spatial_shape: size every image is resized to, e.g. ``(H, W, T)``.
+    """
+
+    image: str
+    table: str
+    kind: str
+    spatial_shape: tuple[int, ...]
+
+    @property
+    def modality_names(self) -> list[str]:
+        """Modality order of the networks and presence masks: image first, then table."""
+        return [self.image, self.table]
+
+
+@dataclass
+class SplitData:
+    """Every subject of one split, collated: ids, labels, the table and the presence mask.
+
+    Attributes:
+        subject_ids: the ``n`` manifest ids in manifest order.
+        labels: ``(n,)`` int64 class ids.
+        table: ``{"categorical": (n, C_cat), "continuous": (n, C_num), "missing_values": (n, N)}``.
+        present: ``(n, 2)`` bool, image then table, as recorded in the cohort.
+    """
+
+    subject_ids: list[str]
+    labels: torch.Tensor
+    table: dict[str, torch.Tensor]
+    present: torch.Tensor
+
+
+def open_cohort(
+    manifest_path: str | Path,
+    schema_path: str | Path,
+    build_if_missing: str | None = None,
+) -> Manifest:
+    """Read a cohort's manifest with its schema, building a repository cohort first when asked.
+
+    Args:
+        manifest_path: the manifest CSV.
+        schema_path: the cohort schema YAML.
+        build_if_missing: name of a repository cohort (e.g. ``"cad_demo"``) to build into the
+            manifest's folder when the manifest does not exist; ``None`` makes a missing manifest
+            an error.
+
+    Raises:
+        FileNotFoundError: the manifest is missing and no cohort may be built.
+        ManifestError: the manifest has errors; the message lists each with its row and column.
+    """
+    manifest_path = Path(manifest_path)
+    if not manifest_path.is_file():
+        if not build_if_missing:
+            raise FileNotFoundError(
+                f"no cohort manifest at {manifest_path}. Pass --dataset_dir (and --manifest if it is not "
+                "<dataset_dir>/manifest.csv) for your own cohort, or build a repository cohort with "
+                "`python -m pipeline build-cohort cad_demo --output DIR`."
+            )
+        logger.info("No manifest at %s: building the %s cohort there (about a minute).", manifest_path, build_if_missing)
+        built = build_cohort(build_if_missing, manifest_path.parent, seed=0)
+        if built != manifest_path:
+            raise FileNotFoundError(
+                f"building {build_if_missing} wrote {built}, not {manifest_path}; set --manifest to {built}."
+            )
+    return read_manifest(manifest_path, schema_path)
+
+
+def cohort_layout(manifest: Manifest, spatial_shape: Sequence[int]) -> CohortLayout:
+    """Check that the cohort has one image and one tabular modality and describe them.
+
+    Raises:
+        ValueError: the schema declares another number of image or tabular modalities.
+    """
+    schema = manifest.schema
+    if len(schema.images) != 1 or len(schema.tabular) != 1:
+        raise ValueError(
+            f"{manifest.path}: this workflow needs a schema with exactly one image modality and one tabular "
+            f"modality; the schema has images {[image.modality for image in schema.images]} and tables "
+            f"{[table.modality for table in schema.tabular]}. Remove the extra modalities from the schema "
+            "(the columns can stay in the manifest)."
+        )
+    image = schema.images[0]
+    return CohortLayout(image.modality, schema.tabular[0].modality, image.kind, tuple(int(size) for size in spatial_shape))
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """SHA-256 of the manifest file, recorded with trained files and runs to identify the cohort."""
+    return hashlib.sha256(Path(manifest.path).read_bytes()).hexdigest()
+
+
+def save_encoders(encoders: Mapping[str, TabularEncoder], path: str | Path) -> Path:
+    """Write fitted tabular encoders as JSON (plain data, safe to read)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {name: encoder.to_dict() for name, encoder in encoders.items()}
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def load_encoders(path: str | Path, manifest: Manifest) -> dict[str, TabularEncoder]:
+    """Read encoders saved by :func:`save_encoders` and check they fit the cohort's schema.
+
+    Raises:
+        FileNotFoundError: the file is missing (the models were not trained).
+        ValueError: the encoders were fitted for other tables or columns than the schema's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no tabular encoders at {path}; run the bundle's train.json first.")
+    document = json.loads(path.read_text(encoding="utf-8"))
+    encoders = {name: TabularEncoder.from_dict(data) for name, data in document.items()}
+    for table in manifest.schema.tabular:
+        expected = list(manifest.schema.tabular_columns(table.modality))
+        encoder = encoders.get(table.modality)
+        found = None if encoder is None else list(encoder.categorical_columns) + list(encoder.continuous_columns)
+        if found != expected:
+            raise ValueError(
+                f"{path} was fitted for table {table.modality!r} with columns {found}, but the schema of "
+                f"{manifest.path} gives {expected}. The trained files belong to another cohort: train the "
+                "bundle on this cohort (train.json with the same --dataset_dir and --schema)."
+            )
+    return encoders
+
+
+def fit_encoders(manifest: Manifest) -> dict[str, TabularEncoder]:
+    """Fit the tabular encoders on the training split."""
+    return fit_tabular_encoders(manifest, split="train")
+
+
+class SplitLoader:
+    """Load the subjects of one split as MONAI batches (images read, absent ones marked).
+
+    Args:
+        manifest: the cohort.
+        encoders: fitted tabular encoders.
+        layout: the cohort's two modalities.
+        cache_dir: folder for NIfTI files converted from DICOM series.
+        batch_size: subjects per batch.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        encoders: Mapping[str, TabularEncoder],
+        layout: CohortLayout,
+        cache_dir: str | Path,
+        batch_size: int = 32,
+    ) -> None:
+        self.manifest = manifest
+        self.encoders = dict(encoders)
+        self.layout = layout
+        self.cache_dir = Path(cache_dir)
+        self.batch_size = batch_size
+        image = manifest.schema.images[0]
+        self.transform = Compose(
+            [
+                LoadModalityImaged(keys=[layout.image], cache_dir=self.cache_dir, series_rule=image.series_rule, kind=layout.kind),
+                MarkAbsentModalityd(keys=[layout.image], spatial_shape=layout.spatial_shape),
+                image_preprocessing(keys=[layout.image], spatial_shape=layout.spatial_shape, kind=layout.kind),
+            ]
+        )
+
+    def items(self, split: str) -> list[dict[str, Any]]:
+        """Uncollated items of ``split``, in manifest order."""
+        items = subject_items(self.manifest, self.encoders, split=split)
+        if not items:
+            raise ValueError(f"{self.manifest.path}: no labelled subject is in split {split!r}.")
+        return items
+
+    def loader(self, split: str, shuffle: bool = False, drop_last: bool = False, seed: int = 0) -> DataLoader:
+        """A re-iterable DataLoader over ``split``; each batch has ``present`` as a ``(B, 2)`` mask."""
+        generator = torch.Generator().manual_seed(seed)
+        dataset = Dataset(self.items(split), transform=self.transform)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=0,
+            generator=generator,
+            collate_fn=self._collate,
+        )
+
+    def preload(self, split: str) -> list[dict[str, Any]]:
+        """Read every batch of ``split`` once and keep them in memory (for repeated epochs)."""
+        batches = list(self.loader(split))
+        logger.info("Loaded split %r: %d subjects in %d batches.", split, sum(len(b["label"]) for b in batches), len(batches))
+        return batches
+
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        from monai.data import list_data_collate
+
+        batch = list_data_collate(items)
+        batch["present"] = presence_matrix(batch, self.layout.modality_names)
+        return batch
+
+
+def split_data(batches: Sequence[Mapping[str, Any]], layout: CohortLayout) -> SplitData:
+    """Join the non-image parts of a split's batches into one :class:`SplitData`."""
+    table_keys = ("categorical", "continuous", "missing_values")
+    return SplitData(
+        subject_ids=[str(subject) for batch in batches for subject in batch["subject_id"]],
+        labels=torch.cat([torch.as_tensor(batch["label"]).long() for batch in batches]),
+        table={key: torch.cat([batch[layout.table][key] for batch in batches]) for key in table_keys},
+        present=torch.cat([batch["present"] for batch in batches]),
+    )
+
+
+def read_table_mask(
+    cohort_dir: str | Path,
+    manifest: Manifest,
+    columns: Sequence[str],
+    subject_ids: Sequence[str],
+    gamma: float,
+    mode: str = "value",
+    seed: int = 0,
+) -> np.ndarray:
+    """Read the saved tabular missingness mask of rate ``gamma`` for ``subject_ids``.
+
+    ``gamma = 0`` needs no file and masks nothing.
+
+    Returns:
+        ``(n, N)`` bool, ``True`` where the simulation hid the value, rows in ``subject_ids`` order.
+
+    Raises:
+        FileNotFoundError: the mask file is missing; the message gives the command that writes it.
+    """
+    if gamma == 0:
+        return np.zeros((len(subject_ids), len(columns)), dtype=bool)
+    path = Path(cohort_dir) / MASK_FOLDER / mask_filename("tabular", gamma, seed, mode)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no missingness mask at {path}. Write the masks once with `python -m pipeline write-masks "
+            f"--manifest {manifest.path} --schema SCHEMA` (it writes gammas 0.1, 0.3, 0.5, 0.7, 0.9, 1.0), or "
+            "pick gammas that have masks with --gammas."
+        )
+    frame = read_mask(path, manifest.subject_ids, list(columns))
+    frame = frame.set_index("subject_id").loc[list(subject_ids), list(columns)]
+    return frame.to_numpy().astype(bool)

@@ -1,0 +1,365 @@
+"""The training job of an image + table bundle: network, prototypes and imputers, written to one folder.
+
+Shape letters: ``n`` training subjects, ``N_img``/``N_tab`` image/table tokens, ``D`` token width.
+
+Files written under ``models_dir`` (all state_dicts, JSON or checksummed torch files, read
+without unpickling code):
+
+- ``tabular_encoders.json``: category levels and normalisation fitted on the training split;
+- ``model_<embedding>.pt``: the fusion network of each embedding kind (cosine, Euclidean);
+- ``prototypes_<embedding>.pt``: its per-subset prototypes;
+- ``image_token_imputer_<embedding>.pt``: image tokens from table tokens, in that network's
+  token space;
+- ``table_imputer.pt`` (learned) or ``table_imputer.skops`` (iterative): missing table values;
+- ``training_summary.json``: seeds, cohort digest, epochs, validation AUC, timings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.data.manifest import Manifest
+from pipeline.data.tabular import EncodedTable, TabularEncoder
+from pipeline.evaluation.tracking import TrackedRun, resolve_tracking_uri
+from pipeline.imputation import IterativeTabularImputer, LearnedTabularImputer, TokenImputer, save_imputer
+from pipeline.networks import MaskedFusionTransformer
+from pipeline.selection import fit_subset_prototypes
+from pipeline.training import SubsetTrainer
+from pipeline.workflows.cohort_data import (
+    ENCODERS_FILE,
+    CohortLayout,
+    SplitLoader,
+    cohort_layout,
+    fit_encoders,
+    manifest_digest,
+    open_cohort,
+    save_encoders,
+)
+
+logger = logging.getLogger(__name__)
+
+EMBEDDINGS = ("cosine", "euclidean")
+TABLE_IMPUTERS = ("learned", "iterative")
+
+
+def table_imputer_file(kind: str) -> str:
+    """File name of the saved table imputer of ``kind`` (``"learned"`` or ``"iterative"``)."""
+    return "table_imputer.skops" if kind == "iterative" else "table_imputer.pt"
+
+
+def build_network(
+    layout: CohortLayout,
+    encoder: TabularEncoder,
+    num_classes: int,
+    embedding: str,
+    image_encoder: Mapping[str, Any],
+    table_encoder: Mapping[str, Any],
+    fusion: Mapping[str, Any],
+) -> MaskedFusionTransformer:
+    """Build the fusion network of an image + table cohort.
+
+    Args:
+        layout: the cohort's modalities; the image is encoded by a MONAI ResNet of ``layout.kind``.
+        encoder: the fitted table encoder, which gives the categorical cardinalities.
+        num_classes: ``K``.
+        embedding: ``"cosine"`` or ``"euclidean"``.
+        image_encoder: keyword arguments of :class:`~pipeline.networks.ImageEncoder`
+            (``backbone``, ``widths``, ``token_grid``).
+        table_encoder: keyword arguments of :class:`~pipeline.networks.TabularTokenizer`
+            (``dim``, ``depth``, ``heads``).
+        fusion: ``dim``, ``depth``, ``heads``, ``projection_dim``, ``dropout`` of the fusion transformer.
+    """
+    modalities = [
+        {"name": layout.image, "encoder": "image", "kind": layout.kind, **dict(image_encoder)},
+        {
+            "name": layout.table,
+            "encoder": "tabular",
+            "categorical_cardinalities": list(encoder.cardinalities),
+            "num_continuous": len(encoder.continuous_columns),
+            **dict(table_encoder),
+        },
+    ]
+    return MaskedFusionTransformer(modalities, num_classes=num_classes, embedding=embedding, **dict(fusion))
+
+
+class ImageTableTraining:
+    """Train the fusion networks, fit prototypes and imputers, and save them for inference.
+
+    Args:
+        manifest: path of the cohort manifest.
+        schema: path of the cohort schema.
+        models_dir: where the trained files go.
+        cache_dir: folder for NIfTI files converted from DICOM series.
+        build_cohort: repository cohort to build when the manifest is missing, or None.
+        spatial_shape: size images are resized to, e.g. ``(H, W, T)`` for a cine.
+        embeddings: embedding kinds to train, each its own network (``"cosine"``, ``"euclidean"``).
+        image_encoder, table_encoder, fusion: network hyper-parameters, see :func:`build_network`.
+        trainer: keyword arguments of :class:`~pipeline.training.SubsetTrainer`.
+        table_imputer: ``{"kind": "learned" | "iterative", **keyword arguments}`` of the imputer.
+        token_imputer: keyword arguments of :class:`~pipeline.imputation.TokenImputer`.
+        batch_size: subjects per batch.
+        seed: seeds the network weights, training, prototypes' data order and imputers.
+        device: where networks train (``"cpu"``, ``"cuda"``).
+        tracking_store: SQLite file of the MLflow store used when ``MLFLOW_TRACKING_URI`` is unset.
+        experiment: MLflow experiment of the training run.
+        run_name: MLflow run name.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path,
+        schema: str | Path,
+        models_dir: str | Path,
+        cache_dir: str | Path,
+        *,
+        build_cohort: str | None = None,
+        spatial_shape: Sequence[int] = (64, 64, 16),
+        embeddings: Sequence[str] = EMBEDDINGS,
+        image_encoder: Mapping[str, Any] | None = None,
+        table_encoder: Mapping[str, Any] | None = None,
+        fusion: Mapping[str, Any] | None = None,
+        trainer: Mapping[str, Any] | None = None,
+        table_imputer: Mapping[str, Any] | None = None,
+        token_imputer: Mapping[str, Any] | None = None,
+        batch_size: int = 32,
+        seed: int = 0,
+        device: str = "cpu",
+        tracking_store: str | Path | None = None,
+        experiment: str = "cad_dymo_train",
+        run_name: str | None = None,
+    ) -> None:
+        unknown = sorted(set(embeddings) - set(EMBEDDINGS))
+        if unknown or not embeddings:
+            raise ValueError(f"embeddings must be a non-empty list of {list(EMBEDDINGS)}, got {list(embeddings)}.")
+        table_imputer = dict(table_imputer or {"kind": "learned"})
+        if table_imputer.get("kind") not in TABLE_IMPUTERS:
+            raise ValueError(f"table_imputer.kind must be one of {list(TABLE_IMPUTERS)}, got {table_imputer.get('kind')!r}.")
+        self.manifest_path = Path(manifest)
+        self.schema_path = Path(schema)
+        self.models_dir = Path(models_dir)
+        self.cache_dir = Path(cache_dir)
+        self.build_cohort = build_cohort
+        self.spatial_shape = tuple(int(size) for size in spatial_shape)
+        self.embeddings = list(embeddings)
+        self.image_encoder = dict(image_encoder or {})
+        self.table_encoder = dict(table_encoder or {})
+        self.fusion = dict(fusion or {})
+        self.trainer = dict(trainer or {})
+        self.table_imputer = table_imputer
+        self.token_imputer = dict(token_imputer or {})
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.device = str(device)
+        self.tracking_store = tracking_store
+        self.experiment = experiment
+        self.run_name = run_name or time.strftime("train-%Y%m%d-%H%M%S")
+
+    def run(self) -> dict[str, Any]:
+        """Train and save everything; return the summary also written to ``training_summary.json``."""
+        started = time.perf_counter()
+        manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
+        layout = cohort_layout(manifest, self.spatial_shape)
+        encoders = fit_encoders(manifest)
+        save_encoders(encoders, self.models_dir / ENCODERS_FILE)
+        loader = SplitLoader(manifest, encoders, layout, self.cache_dir, self.batch_size)
+
+        tracking_uri = resolve_tracking_uri(self.tracking_store or self.models_dir.parent / "eval" / "mlruns.db")
+        with TrackedRun(self.experiment, self.run_name, tracking_uri) as run:
+            run.log_params(self._parameters(manifest))
+            summary = self._train_all(manifest, layout, encoders, loader, run)
+            summary["seconds"] = round(time.perf_counter() - started, 1)
+            run.log_metrics({"training_seconds": summary["seconds"]}, step=0)
+            path = self._write_summary(summary)
+            run.log_artifact(path)
+        logger.info("Training finished in %.0f s; trained files are in %s.", summary["seconds"], self.models_dir)
+        return summary
+
+    def _train_all(
+        self, manifest: Manifest, layout: CohortLayout, encoders: Mapping[str, TabularEncoder], loader: SplitLoader, run: TrackedRun
+    ) -> dict[str, Any]:
+        logger.info("Reading the training and validation images (%s).", manifest.path)
+        train_batches = loader.preload("train")
+        val_batches = loader.preload("val")
+        summary: dict[str, Any] = {
+            "cohort_manifest": str(manifest.path),
+            "cohort_sha256": manifest_digest(manifest),
+            "seed": self.seed,
+            "modalities": layout.modality_names,
+            "subjects": {split: int((manifest.frame[manifest.split_column] == split).sum()) for split in ("train", "val", "test")},
+            "networks": {},
+        }
+
+        summary["table_imputer"] = self._fit_table_imputer(manifest, encoders[layout.table], layout)
+        for embedding in self.embeddings:
+            summary["networks"][embedding] = self._train_network(
+                embedding, manifest, layout, encoders[layout.table], train_batches, val_batches, run
+            )
+        return summary
+
+    def _train_network(
+        self,
+        embedding: str,
+        manifest: Manifest,
+        layout: CohortLayout,
+        encoder: TabularEncoder,
+        train_batches: list[dict[str, Any]],
+        val_batches: list[dict[str, Any]],
+        run: TrackedRun,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        torch.manual_seed(self.seed)
+        network = build_network(
+            layout, encoder, manifest.schema.label.num_classes, embedding, self.image_encoder, self.table_encoder, self.fusion
+        )
+        logger.info("Training the %s network (%d parameters).", embedding, sum(p.numel() for p in network.parameters()))
+
+        # Shuffled batches without a last batch of one subject (BatchNorm), re-drawn each epoch.
+        shuffled = _EpochShuffler(train_batches, self.seed)
+        trainer = SubsetTrainer(network, seed=self.seed, device=self.device, **self.trainer)
+        checkpoint = self.models_dir / f"model_{embedding}.pt"
+        history = trainer.fit(shuffled, val_batches, checkpoint_path=checkpoint)
+        network = network.to(self.device).eval()
+
+        prototypes = fit_subset_prototypes(network, train_batches, device=self.device)
+        prototypes.save(self.models_dir / f"prototypes_{embedding}.pt")
+        token_error = self._fit_token_imputer(network, layout, train_batches, embedding)
+
+        metrics = {
+            f"best_validation_auc.{embedding}": float(history.best_metric),
+            f"best_epoch.{embedding}": float(history.best_epoch),
+            f"image_token_validation_mse.{embedding}": token_error,
+        }
+        run.log_metrics(metrics, step=0)
+        for epoch, (loss, value) in enumerate(zip(history.train_loss, history.val_metric, strict=True)):
+            run.log_metrics({f"train_loss.{embedding}": float(loss), f"validation_auc.{embedding}": float(value)}, step=epoch)
+        seconds = round(time.perf_counter() - started, 1)
+        logger.info(
+            "%s network: best validation %s %.3f at epoch %d of %d (%.0f s).",
+            embedding, history.val_metric_name, history.best_metric, history.best_epoch, history.epochs_run, seconds,
+        )
+        return {
+            "best_validation_metric": float(history.best_metric),
+            "metric": history.val_metric_name,
+            "best_epoch": int(history.best_epoch),
+            "epochs_run": int(history.epochs_run),
+            "image_token_validation_mse": token_error,
+            "seconds": seconds,
+        }
+
+    def _fit_token_imputer(
+        self, network: MaskedFusionTransformer, layout: CohortLayout, batches: list[dict[str, Any]], embedding: str
+    ) -> float:
+        """Fit image tokens from table tokens on training subjects with both; return the validation error."""
+        image_tokens, table_tokens, has_image = [], [], []
+        with torch.no_grad():
+            for batch in batches:
+                present = batch["present"].to(self.device)
+                tokens = network.encode(
+                    {layout.image: batch[layout.image].to(self.device), layout.table: _to(batch[layout.table], self.device)},
+                    present,
+                )
+                image_tokens.append(tokens[:, network.token_slice(layout.image)].cpu())
+                table_tokens.append(tokens[:, network.token_slice(layout.table)].cpu())
+                has_image.append(present[:, 0].cpu())
+        imputer = TokenImputer(random_state=self.seed, **self.token_imputer).fit(
+            torch.cat(image_tokens).numpy(), torch.cat(table_tokens).numpy(), torch.cat(has_image).numpy()
+        )
+        save_imputer(imputer, self.models_dir / f"image_token_imputer_{embedding}.pt")
+        losses = [entry["validation_loss"] for entry in imputer.history_ if entry.get("validation_loss") is not None]
+        return float(min(losses)) if losses else float("nan")
+
+    def _fit_table_imputer(self, manifest: Manifest, encoder: TabularEncoder, layout: CohortLayout) -> dict[str, Any]:
+        started = time.perf_counter()
+        parameters = {key: value for key, value in self.table_imputer.items() if key != "kind"}
+        kind = self.table_imputer["kind"]
+        rows = (manifest.frame[manifest.split_column] == "train").to_numpy()
+        table: EncodedTable = encoder.transform(manifest.tabular(layout.table)[rows])
+        if kind == "iterative":
+            imputer = IterativeTabularImputer(random_state=self.seed, **parameters)
+        else:
+            imputer = LearnedTabularImputer(random_state=self.seed, **parameters)
+        logger.info("Fitting the %s table imputer on %d training rows.", kind, int(rows.sum()))
+        imputer.fit(table, encoder.cardinalities)
+        save_imputer(imputer, self.models_dir / table_imputer_file(kind))
+        return {"kind": kind, "parameters": parameters, "seconds": round(time.perf_counter() - started, 1)}
+
+    def _parameters(self, manifest: Manifest) -> dict[str, Any]:
+        return {
+            "cohort": str(manifest.path),
+            "schema": str(self.schema_path),
+            "seed": self.seed,
+            "embeddings": ",".join(self.embeddings),
+            "spatial_shape": list(self.spatial_shape),
+            "image_encoder": json.dumps(self.image_encoder, sort_keys=True),
+            "table_encoder": json.dumps(self.table_encoder, sort_keys=True),
+            "fusion": json.dumps(self.fusion, sort_keys=True),
+            "trainer": json.dumps(self.trainer, sort_keys=True),
+            "table_imputer": json.dumps(self.table_imputer, sort_keys=True),
+            "token_imputer": json.dumps(self.token_imputer, sort_keys=True),
+            "device": self.device,
+        }
+
+    def _write_summary(self, summary: Mapping[str, Any]) -> Path:
+        path = self.models_dir / "training_summary.json"
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        partial.replace(path)
+        return path
+
+
+class _EpochShuffler:
+    """Re-iterable view of preloaded batches that reshuffles subjects across batches every epoch.
+
+    Subjects are regrouped into batches of the same size; a last batch of one subject is dropped,
+    because BatchNorm cannot train on it.
+    """
+
+    def __init__(self, batches: list[dict[str, Any]], seed: int) -> None:
+        self.batches = batches
+        self.generator = np.random.default_rng(seed)
+        self.batch_size = max(len(batch["label"]) for batch in batches)
+
+    def __iter__(self):
+        joined = _concatenate(self.batches)
+        order = torch.from_numpy(self.generator.permutation(len(joined["label"])))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            if len(rows) < 2:
+                continue
+            yield _take(joined, rows)
+
+
+def _concatenate(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    joined: dict[str, Any] = {}
+    for key, value in batches[0].items():
+        if isinstance(value, torch.Tensor):
+            joined[key] = torch.cat([torch.as_tensor(batch[key]) for batch in batches])
+        elif isinstance(value, Mapping):
+            joined[key] = {name: torch.cat([torch.as_tensor(batch[key][name]) for batch in batches]) for name in value}
+        else:
+            joined[key] = [entry for batch in batches for entry in batch[key]]
+    return joined
+
+
+def _take(joined: Mapping[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+    taken: dict[str, Any] = {}
+    for key, value in joined.items():
+        if isinstance(value, torch.Tensor):
+            taken[key] = value[rows]
+        elif isinstance(value, Mapping):
+            taken[key] = {name: tensor[rows] for name, tensor in value.items()}
+        else:
+            taken[key] = [value[int(row)] for row in rows]
+    return taken
+
+
+def _to(table: Mapping[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in table.items()}
