@@ -316,25 +316,40 @@ class ImageTableTraining:
 
 
 class _EpochShuffler:
-    """Re-iterable view of preloaded batches that reshuffles subjects across batches every epoch.
+    """Re-iterable view of preloaded batches that regroups the subjects into new batches every epoch.
 
-    Subjects are regrouped into batches of the same size; a last batch of one subject is dropped,
-    because BatchNorm cannot train on it.
+    The image encoder uses BatchNorm, so no batch may hold exactly one image. Subjects with the
+    image (column 0 of ``present``) are therefore dealt out separately from the others: with
+    ``I`` images and ``n_batches`` batches, ``min(n_batches, I // 2)`` batches receive the images
+    round-robin, so each of them gets at least 2. A batch of one subject is dropped.
     """
 
     def __init__(self, batches: list[dict[str, Any]], seed: int) -> None:
-        self.batches = batches
+        self.joined = _concatenate(batches)
         self.generator = np.random.default_rng(seed)
         self.batch_size = max(len(batch["label"]) for batch in batches)
 
     def __iter__(self):
-        joined = _concatenate(self.batches)
-        order = torch.from_numpy(self.generator.permutation(len(joined["label"])))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        has_image = self.joined["present"][:, 0].numpy()
+        count = len(has_image)
+        n_batches = max(1, -(-count // self.batch_size))
+        with_image = self.generator.permutation(np.flatnonzero(has_image))
+        without_image = self.generator.permutation(np.flatnonzero(~has_image))
+
+        groups: list[list[int]] = [[] for _ in range(n_batches)]
+        image_batches = min(n_batches, len(with_image) // 2) or 1
+        for position, row in enumerate(with_image):
+            groups[position % image_batches].append(int(row))
+        # Fill the batches to about the same size with the subjects without the image.
+        for row in without_image:
+            smallest = min(range(n_batches), key=lambda index: len(groups[index]))
+            groups[smallest].append(int(row))
+
+        for index in self.generator.permutation(n_batches):
+            rows = groups[index]
             if len(rows) < 2:
                 continue
-            yield _take(joined, rows)
+            yield _take(self.joined, torch.as_tensor(self.generator.permutation(rows)))
 
 
 def _concatenate(batches: list[dict[str, Any]]) -> dict[str, Any]:
