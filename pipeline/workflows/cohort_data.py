@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset
+from monai.data import DataLoader, Dataset, list_data_collate
 from monai.transforms import Compose
 
 from pipeline.data.cohorts import build_cohort
-from pipeline.data.cohort_masks import MASK_FOLDER
+from pipeline.data.cohort_masks import MASK_FOLDER, write_cohort_masks
 from pipeline.data.dataset import fit_tabular_encoders, presence_matrix, subject_items
 from pipeline.data.manifest import Manifest, read_manifest
 from pipeline.data.missingness import mask_filename, read_mask
@@ -79,7 +79,7 @@ def open_cohort(
     schema_path: str | Path,
     build_if_missing: str | None = None,
 ) -> Manifest:
-    """Read a cohort's manifest with its schema, building a repository cohort first when asked.
+    """Read a cohort's manifest with its schema, building a repository cohort and its masks first when asked.
 
     Args:
         manifest_path: the manifest CSV.
@@ -106,6 +106,8 @@ def open_cohort(
             raise FileNotFoundError(
                 f"building {build_if_missing} wrote {built}, not {manifest_path}; set --manifest to {built}."
             )
+        # The same masks `python -m pipeline build-cohort` writes, so both ways give one cohort.
+        write_cohort_masks(read_manifest(manifest_path, schema_path, strict=True), manifest_path.parent)
     return read_manifest(manifest_path, schema_path)
 
 
@@ -234,8 +236,6 @@ class SplitLoader:
         return batches
 
     def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        from monai.data import list_data_collate
-
         batch = list_data_collate(items)
         batch["present"] = presence_matrix(batch, self.layout.modality_names)
         return batch
@@ -273,13 +273,26 @@ def read_table_mask(
     """
     if gamma == 0:
         return np.zeros((len(subject_ids), len(columns)), dtype=bool)
-    path = Path(cohort_dir) / MASK_FOLDER / mask_filename("tabular", gamma, seed, mode)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no missingness mask at {path}. Write the masks once with `python -m pipeline write-masks "
-            f"--manifest {manifest.path} --schema SCHEMA` (it writes gammas 0.1, 0.3, 0.5, 0.7, 0.9, 1.0), or "
-            "pick gammas that have masks with --gammas."
-        )
+    path = check_table_masks(cohort_dir, manifest, [gamma], mode, seed)[0]
     frame = read_mask(path, manifest.subject_ids, list(columns))
     frame = frame.set_index("subject_id").loc[list(subject_ids), list(columns)]
     return frame.to_numpy().astype(bool)
+
+
+def check_table_masks(
+    cohort_dir: str | Path, manifest: Manifest, gammas: Sequence[float], mode: str = "value", seed: int = 0
+) -> list[Path]:
+    """Return the mask files of the ``gammas`` above 0, or raise one error listing every missing file.
+
+    Raises:
+        FileNotFoundError: a mask file is missing; the message gives the command that writes it.
+    """
+    paths = [Path(cohort_dir) / MASK_FOLDER / mask_filename("tabular", gamma, seed, mode) for gamma in gammas if gamma > 0]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"no missingness mask at {', '.join(missing)}. Write the masks once with `python -m pipeline write-masks "
+            f"--manifest {manifest.path} --schema SCHEMA` (it writes gammas 0.1, 0.3, 0.5, 0.7, 0.9, 1.0), or "
+            "pick gammas that have masks with --gammas."
+        )
+    return paths

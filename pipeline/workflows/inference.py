@@ -51,6 +51,7 @@ from pipeline.workflows.cohort_data import (
     CohortLayout,
     SplitData,
     SplitLoader,
+    check_table_masks,
     cohort_layout,
     load_encoders,
     manifest_digest,
@@ -169,6 +170,7 @@ class MissingTableSweep:
         started = time.perf_counter()
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
         layout = cohort_layout(manifest, self.spatial_shape)
+        check_table_masks(manifest.path.parent, manifest, self.gammas, self.mask_mode, self.mask_seed)
         encoders = load_encoders(self.models_dir / ENCODERS_FILE, manifest)
         models = self._load_models()
         table_imputer = load_imputer(self.models_dir / table_imputer_file(self.table_imputer))

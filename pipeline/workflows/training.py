@@ -221,7 +221,7 @@ class ImageTableTraining:
         )
         logger.info("Training the %s network (%d parameters).", embedding, sum(p.numel() for p in network.parameters()))
 
-        # Shuffled batches without a last batch of one subject (BatchNorm), re-drawn each epoch.
+        # Subjects regrouped into new batches each epoch, never with exactly one image (BatchNorm).
         shuffled = _EpochShuffler(train_batches, self.seed)
         trainer = SubsetTrainer(network, seed=self.seed, device=self.device, **self.trainer)
         checkpoint = self.models_dir / f"model_{embedding}.pt"
