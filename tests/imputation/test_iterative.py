@@ -170,3 +170,144 @@ def test_iterative_transform_requires_fit() -> None:
 
     with pytest.raises(NotFittedError):
         IterativeTabularImputer().transform(encoded(np.zeros((1, 1)), np.zeros((1, 1))))
+
+
+def noise_and_signal_table(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return a table whose cat0 is independent noise (levels 0/1 at 0.75/0.25) and num1 = 2 * num0."""
+    rng = np.random.default_rng(seed)
+    num0 = rng.normal(size=rows)
+    categorical = (rng.random(rows) < 0.25).astype(np.int64)[:, None]
+    continuous = np.stack([num0, 2.0 * num0], axis=1)
+    return categorical, continuous
+
+
+def calibrated_imputer(seed: int = 0, fraction: float = 0.3) -> IterativeTabularImputer:
+    return IterativeTabularImputer(max_iter=3, n_estimators=20, random_state=seed, calibration_fraction=fraction)
+
+
+def hide_at_random(categorical: np.ndarray, continuous: np.ndarray, rate: float, seed: int) -> EncodedTable:
+    rng = np.random.default_rng(seed)
+    categorical = np.where(rng.random(categorical.shape) < rate, -1, categorical)
+    continuous = np.where(rng.random(continuous.shape) < rate, np.nan, continuous)
+    return encoded(categorical, continuous)
+
+
+def test_shrinkage_noise_column_low_weight() -> None:
+    categorical, continuous = noise_and_signal_table(500, seed=11)
+
+    imputer = calibrated_imputer().fit(encoded(categorical, continuous), [2])
+    fitted_bins = imputer.calibration_cells_[0] >= imputer.min_calibration_cells
+
+    # Below the weight at which the forest's level first wins, every weight gives the mode, so
+    # the held-out accuracy is flat there and a bin of noise cells can land above 0 by chance.
+    assert fitted_bins.any()
+    assert imputer.shrinkage_[0, fitted_bins].min() == 0.0
+    assert imputer.shrinkage_[0, fitted_bins].max() <= 0.7
+
+
+def test_shrinkage_deterministic_column_near_one() -> None:
+    categorical, continuous = noise_and_signal_table(500, seed=12)
+
+    imputer = calibrated_imputer().fit(encoded(categorical, continuous), [2])
+
+    # Bin 4 contains the cells whose two other columns are both observed, so num0 gives num1 exactly.
+    assert imputer.calibration_cells_[2, 4] >= imputer.min_calibration_cells
+    assert imputer.shrinkage_[2, 4] >= 0.9
+
+
+def test_shrinkage_weights_nondecreasing() -> None:
+    categorical, continuous = noise_and_signal_table(500, seed=13)
+
+    imputer = calibrated_imputer().fit(encoded(categorical, continuous), [2])
+
+    for column in imputer.order_:
+        assert np.all(np.diff(imputer.shrinkage_[column]) >= 0), f"column {column}: {imputer.shrinkage_[column]}"
+
+
+def test_shrinkage_noise_column_filled_with_mode() -> None:
+    categorical, continuous = noise_and_signal_table(500, seed=14)
+    test_categorical, test_continuous = noise_and_signal_table(200, seed=15)
+    test_table = hide_at_random(test_categorical, test_continuous, rate=0.5, seed=16)
+
+    result = calibrated_imputer().fit(encoded(categorical, continuous), [2]).transform(test_table)
+    filled = result.categorical[test_table.missing_values[:, 0], 0]
+
+    assert filled.size > 0
+    assert np.mean(filled == 0) >= 0.95
+
+
+def test_shrinkage_moves_values_toward_mean() -> None:
+    categorical, continuous = noise_and_signal_table(500, seed=17)
+    table = encoded(categorical, continuous)
+    test_categorical, test_continuous = noise_and_signal_table(200, seed=18)
+    test_table = hide_at_random(test_categorical, test_continuous, rate=0.6, seed=19)
+
+    plain = calibrated_imputer(fraction=0.0).fit(table, [2])
+    shrunk = calibrated_imputer(fraction=0.3).fit(table, [2])
+    plain_values = plain.transform(test_table).continuous
+    shrunk_values = shrunk.transform(test_table).continuous
+
+    # The final models do not depend on the calibration, so the outputs differ only by the weights.
+    mean = shrunk.initial_.means_
+    observed = (~test_table.missing_values).sum(axis=1)
+    bins = np.minimum((observed / 2 * shrunk.calibration_bins).astype(int), shrunk.calibration_bins - 1)
+    for index in range(2):
+        rows = test_table.missing_values[:, 1 + index]
+        weights = shrunk.shrinkage_[1 + index, bins[rows]]
+        expected = mean[index] + weights * (plain_values[rows, index] - mean[index])
+        assert shrunk_values[rows, index] == pytest.approx(expected, abs=1e-5)
+
+
+def test_calibration_fraction_zero_leaves_weights_one() -> None:
+    categorical, continuous = noise_and_signal_table(300, seed=20)
+
+    imputer = calibrated_imputer(fraction=0.0).fit(encoded(categorical, continuous), [2])
+
+    assert np.all(imputer.shrinkage_ == 1.0)
+    assert not imputer.calibration_cells_.any()
+
+
+def test_calibrated_same_seed_same_values() -> None:
+    categorical, continuous = noise_and_signal_table(300, seed=21)
+    table = encoded(categorical, continuous)
+    test_table = hide_at_random(categorical[:100], continuous[:100], rate=0.7, seed=22)
+
+    first = calibrated_imputer(seed=3).fit(table, [2])
+    second = calibrated_imputer(seed=3).fit(table, [2])
+
+    assert np.array_equal(first.shrinkage_, second.shrinkage_)
+    assert np.array_equal(first.transform(test_table).categorical, second.transform(test_table).categorical)
+    assert np.array_equal(first.transform(test_table).continuous, second.transform(test_table).continuous)
+
+
+def test_calibrated_save_load_same_values(tmp_path) -> None:
+    from pipeline.imputation.persistence import load_imputer, save_imputer
+
+    categorical, continuous = noise_and_signal_table(300, seed=23)
+    test_table = hide_at_random(categorical[:100], continuous[:100], rate=0.7, seed=24)
+    imputer = IterativeTabularImputer(max_iter=2, n_estimators=5, random_state=0, calibration_fraction=0.3)
+    imputer.fit(encoded(categorical, continuous), [2])
+
+    loaded = load_imputer(save_imputer(imputer, tmp_path / "calibrated.skops"))
+
+    assert np.array_equal(loaded.shrinkage_, imputer.shrinkage_)
+    assert np.array_equal(loaded.transform(test_table).categorical, imputer.transform(test_table).categorical)
+    assert np.array_equal(loaded.transform(test_table).continuous, imputer.transform(test_table).continuous)
+
+
+def test_calibration_too_few_rows_warns(caplog: pytest.LogCaptureFixture) -> None:
+    categorical, continuous = linked_table(3, seed=25)
+
+    with caplog.at_level(logging.WARNING):
+        imputer = calibrated_imputer(fraction=0.1).fit(encoded(categorical, continuous), [2])
+
+    assert "too few to hold out a calibration fraction" in caplog.text
+    assert np.all(imputer.shrinkage_ == 1.0)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, True])
+def test_iterative_rejects_invalid_calibration_fraction(fraction: float) -> None:
+    categorical, continuous = linked_table(10, seed=26)
+
+    with pytest.raises(ValueError, match="calibration_fraction must be a number in"):
+        IterativeTabularImputer(calibration_fraction=fraction).fit(encoded(categorical, continuous), [2])
