@@ -417,6 +417,7 @@ def _subject_records(
                     "used_recovered_table": np.where(candidates[:, 1].numpy(), admitted[:, 1].numpy(), False),
                     "image_candidate": candidates[:, 0].numpy(),
                     "table_candidate": candidates[:, 1].numpy(),
+                    "nothing_observed": ~start.any(dim=1).numpy(),
                 }
             )
         )
@@ -441,15 +442,19 @@ def _summarise(records: pd.DataFrame, gamma: float, methods: Sequence[str], n_bo
                 "auc_high": interval.high,
                 "accuracy": accuracy(labels, part["predicted"].to_numpy()),
                 "n": len(part),
-                "selected_table": _rate(part["used_recovered_table"], part["table_candidate"]),
-                "selected_image": _rate(part["used_recovered_image"], part["image_candidate"]),
+                "selected_table": _rate(part["used_recovered_table"], part["table_candidate"] & ~part["nothing_observed"]),
+                "selected_image": _rate(part["used_recovered_image"], part["image_candidate"] & ~part["nothing_observed"]),
             }
         )
     return rows
 
 
 def _rate(used: pd.Series, candidate: pd.Series) -> float:
-    """Fraction of the subjects with a recovered modality that used it; NaN when none had one."""
+    """Fraction of the ``candidate`` subjects that used their recovered modality; NaN when there are none.
+
+    Subjects with nothing observed are left out by the caller: every method uses all their
+    recovered modalities, so counting them would not measure a choice.
+    """
     count = int(candidate.sum())
     return float(used[candidate].sum()) / count if count else float("nan")
 
