@@ -16,6 +16,7 @@ from pipeline.imputation.baseline import MeanModeImputer
 from pipeline.imputation.image_features import MeanTokenImputer, TokenImputer
 from pipeline.imputation.iterative import IterativeTabularImputer
 from pipeline.imputation.learned import LearnedTabularImputer
+from pipeline.imputation.mopoe import MoPoEImputer
 from pipeline.imputation.persistence import load_imputer, save_imputer
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "LearnedTabularImputer",
     "MeanModeImputer",
     "MeanTokenImputer",
+    "MoPoEImputer",
     "RecoveredBatch",
     "RecoveredTable",
     "TabularImputer",

@@ -20,11 +20,15 @@ import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import skops.io as sio
 import torch
 
 from pipeline.imputation.base import ImageTokenImputer, TabularImputer
+
+if TYPE_CHECKING:
+    from pipeline.imputation.mopoe import MoPoEImputer
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +41,17 @@ TRUSTED_TYPES: tuple[str, ...] = (
 )
 
 
-def save_imputer(imputer: TabularImputer | ImageTokenImputer, path: str | os.PathLike[str]) -> Path:
+def save_imputer(imputer: TabularImputer | ImageTokenImputer | MoPoEImputer, path: str | os.PathLike[str]) -> Path:
     """Write a fitted imputer to ``path`` and return the path; parent folders are created.
 
     scikit-learn imputers are written as skops files. Imputers that hold a torch network
-    (``LearnedTabularImputer``, ``TokenImputer``) use their own ``save``, a ``torch.save`` file of
-    plain values and tensors; :func:`load_imputer` reads both.
+    (``LearnedTabularImputer``, ``TokenImputer``, ``MoPoEImputer``) use their own ``save``, a
+    ``torch.save`` file of plain values and tensors; :func:`load_imputer` reads both.
     """
-    if not isinstance(imputer, (TabularImputer, ImageTokenImputer)):
-        raise TypeError(f"expected a TabularImputer or ImageTokenImputer, got {type(imputer).__name__}.")
+    if not isinstance(imputer, (TabularImputer, ImageTokenImputer, *_torch_imputer_classes())):
+        raise TypeError(
+            f"expected a TabularImputer, ImageTokenImputer or MoPoEImputer, got {type(imputer).__name__}."
+        )
     path = Path(path)
     if isinstance(imputer, _torch_imputer_classes()):
         return imputer.save(path)
@@ -57,7 +63,7 @@ def save_imputer(imputer: TabularImputer | ImageTokenImputer, path: str | os.Pat
 
 def load_imputer(
     path: str | os.PathLike[str], extra_trusted: Sequence[str] = ()
-) -> TabularImputer | ImageTokenImputer:
+) -> TabularImputer | ImageTokenImputer | MoPoEImputer:
     """Load an imputer saved by :func:`save_imputer`, trusting only :data:`TRUSTED_TYPES` and ``extra_trusted``.
 
     Args:
@@ -105,8 +111,9 @@ def _torch_imputer_classes() -> tuple[type, ...]:
     # Imported here: the torch imputers import this package's base module.
     from pipeline.imputation.image_features import TokenImputer
     from pipeline.imputation.learned import LearnedTabularImputer
+    from pipeline.imputation.mopoe import MoPoEImputer
 
-    return (LearnedTabularImputer, TokenImputer)
+    return (LearnedTabularImputer, TokenImputer, MoPoEImputer)
 
 
 def _is_torch_archive(path: Path) -> bool:
@@ -118,7 +125,7 @@ def _is_torch_archive(path: Path) -> bool:
         return False
 
 
-def _load_torch_imputer(path: Path) -> TabularImputer | ImageTokenImputer:
+def _load_torch_imputer(path: Path) -> TabularImputer | ImageTokenImputer | MoPoEImputer:
     """Load a torch-based imputer with ``weights_only=True`` and dispatch on its ``format`` field."""
     try:
         contents = torch.load(path, map_location="cpu", weights_only=True)
