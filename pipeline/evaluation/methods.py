@@ -25,6 +25,7 @@ from pipeline.networks import MaskedFusionTransformer
 from pipeline.selection import DyMoSelector
 
 METHODS = ("discard", "impute_all", "dymo_cosine", "dymo_euclidean")
+ABLATION_METHODS = ("positive_at_once", "greedy_no_calibration")
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,32 @@ def classify_dymo(
 def _check_evaluation_mode(network: MaskedFusionTransformer) -> None:
     if network.training:
         raise ValueError("the network is in training mode, so dropout would make predictions random; call network.eval() first.")
+
+
+def classify_positive_at_once(
+    selector: DyMoSelector,
+    tokens: torch.Tensor,
+    start_mask: torch.Tensor,
+    candidate_mask: torch.Tensor,
+) -> MethodOutput:
+    """Ablation of the greedy search: admit, in one step, every candidate whose first reward is positive.
+
+    The rewards are those of DyMo's first step (each candidate added alone to the start mask,
+    with the selector's calibration). Subjects with nothing observed use all recovered modalities.
+    """
+    network = selector.network
+    _check_evaluation_mode(network)
+    empty = ~start_mask.any(dim=1)
+    start = torch.where(empty[:, None], candidate_mask, start_mask)
+    candidates = candidate_mask & ~empty[:, None]
+
+    result = selector.select_tokens(tokens, start, candidates)
+    if result.steps:
+        positive = torch.nan_to_num(result.steps[0].rewards, nan=0.0) > 0  # (n, M)
+    else:
+        positive = torch.zeros_like(candidates)
+    admitted = positive & candidates
+    with torch.no_grad():
+        logits, _ = network.classify(network.fuse(tokens, start | admitted))
+    admitted = torch.where(empty[:, None], candidate_mask, admitted)
+    return MethodOutput(logits.softmax(dim=-1), start | admitted, admitted)

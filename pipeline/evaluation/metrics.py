@@ -122,6 +122,41 @@ def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(labels == predicted))
 
 
+@dataclass(frozen=True)
+class AccuracyInterval:
+    """Accuracy with the bounds of its percentile bootstrap interval."""
+
+    accuracy: float
+    low: float
+    high: float
+
+
+def bootstrap_accuracy(
+    labels: np.ndarray, predicted: np.ndarray, *, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> AccuracyInterval:
+    """Return the accuracy of ``predicted`` ``(n,)`` against ``labels`` ``(n,)`` with a bootstrap interval.
+
+    Subjects are resampled with replacement ``n_bootstrap`` times with ``np.random.default_rng(seed)``;
+    the interval is the central ``confidence`` range of the resampled accuracies.
+
+    Raises:
+        ValueError: for arrays ``accuracy`` rejects, ``n_bootstrap < 1`` or ``confidence`` outside (0, 1).
+    """
+    point = accuracy(labels, predicted)
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be an int of at least 1, got {n_bootstrap!r}.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}.")
+
+    correct = (np.asarray(labels) == np.asarray(predicted)).astype(np.float64)  # (n,)
+    rng = np.random.default_rng(seed)
+    counts = _resample_counts(rng, n_bootstrap, len(correct))  # (n_bootstrap, n)
+    resampled = counts @ correct / len(correct)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(resampled, [tail, 1 - tail])
+    return AccuracyInterval(point, float(low), float(high))
+
+
 def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
     """Return ``labels`` as a ``(n,)`` int array after checking it is non-empty, 1-D and binary."""
     labels = np.asarray(labels)

@@ -55,6 +55,8 @@ class ImageEncoder(nn.Module):
             ResNet widths are ``(64, 128, 256, 512)``, smaller ones suit a CPU.
         token_grid: grid the last feature map is pooled to; 2 entries for ``"2d"``, 3 otherwise.
             ``(4, 4)`` gives the 16 tokens of the published CAD encoder.
+        small_input_stem: replace the first 7x7 convolution by a 3x3 one (stride 2) and drop the
+            max pooling, so that a 28 x 28 image keeps a 2 x 2 last feature map instead of 1 x 1.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class ImageEncoder(nn.Module):
         backbone: str = "resnet18",
         widths: Sequence[int] = (64, 128, 256, 512),
         token_grid: Sequence[int] = (4, 4),
+        small_input_stem: bool = False,
     ) -> None:
         super().__init__()
         if kind not in IMAGE_KINDS:
@@ -85,6 +88,10 @@ class ImageEncoder(nn.Module):
         first_stride: int | tuple[int, ...] = 2
         if kind == "2d+t":
             first_kernel, first_stride = (7, 7, 3), (2, 2, 1)
+        if small_input_stem:
+            if kind != "2d":
+                raise ValueError(f"small_input_stem is for kind '2d' images, got kind {kind!r}.")
+            first_kernel, first_stride = 3, 2
 
         self.kind = kind
         self.spatial_dims = spatial_dims
@@ -96,6 +103,7 @@ class ImageEncoder(nn.Module):
             n_input_channels=in_channels,
             conv1_t_size=first_kernel,
             conv1_t_stride=first_stride,
+            no_max_pool=bool(small_input_stem),
             feed_forward=False,
         )
         self.uses_batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in self.resnet.modules())

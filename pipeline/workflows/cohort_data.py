@@ -37,24 +37,33 @@ ENCODERS_FILE = "tabular_encoders.json"
 
 @dataclass(frozen=True)
 class CohortLayout:
-    """The two modalities of an image + table cohort and how its images are prepared.
+    """The modalities of a cohort and how its images are prepared.
+
+    Two layouts are served: one image and one table (the CAD setting, a cine and a clinical
+    table), or several images of one kind and no table (the five digit images of
+    ``polymnist_real``).
 
     Attributes:
-        image: name of the image modality (e.g. ``"cine"``).
-        table: name of the tabular modality (e.g. ``"clinical"``).
+        images: names of the image modalities, in schema order.
+        table: name of the tabular modality, or None.
         kind: image kind from the schema: ``"2d"``, ``"2d+t"`` or ``"3d"``.
         spatial_shape: size every image is resized to, e.g. ``(H, W, T)``.
     """
 
-    image: str
-    table: str
+    images: tuple[str, ...]
+    table: str | None
     kind: str
     spatial_shape: tuple[int, ...]
 
     @property
+    def image(self) -> str:
+        """The image modality of an image + table cohort."""
+        return self.images[0]
+
+    @property
     def modality_names(self) -> list[str]:
-        """Modality order of the networks and presence masks: image first, then table."""
-        return [self.image, self.table]
+        """Modality order of the networks and presence masks: the images, then the table."""
+        return list(self.images) + ([self.table] if self.table else [])
 
 
 @dataclass
@@ -64,8 +73,9 @@ class SplitData:
     Attributes:
         subject_ids: the ``n`` manifest ids in manifest order.
         labels: ``(n,)`` int64 class ids.
-        table: ``{"categorical": (n, C_cat), "continuous": (n, C_num), "missing_values": (n, N)}``.
-        present: ``(n, 2)`` bool, image then table, as recorded in the cohort.
+        table: ``{"categorical": (n, C_cat), "continuous": (n, C_num), "missing_values": (n, N)}``,
+            empty for a cohort without a table.
+        present: ``(n, M)`` bool in ``CohortLayout.modality_names`` order, as recorded in the cohort.
     """
 
     subject_ids: list[str]
@@ -111,22 +121,36 @@ def open_cohort(
     return read_manifest(manifest_path, schema_path)
 
 
-def cohort_layout(manifest: Manifest, spatial_shape: Sequence[int]) -> CohortLayout:
-    """Check that the cohort has one image and one tabular modality and describe them.
+def cohort_layout(manifest: Manifest, spatial_shape: Sequence[int], with_table: bool = True) -> CohortLayout:
+    """Check the cohort's modalities against the layout a workflow serves and describe them.
+
+    Args:
+        manifest: the cohort.
+        spatial_shape: size images are resized to.
+        with_table: True for one image and one tabular modality, False for two or more image
+            modalities of one kind and no table.
 
     Raises:
-        ValueError: the schema declares another number of image or tabular modalities.
+        ValueError: the schema declares other modalities; the message says which.
     """
     schema = manifest.schema
-    if len(schema.images) != 1 or len(schema.tabular) != 1:
+    images = [image.modality for image in schema.images]
+    tables = [table.modality for table in schema.tabular]
+    kinds = sorted({image.kind for image in schema.images})
+    if with_table and (len(images) != 1 or len(tables) != 1):
         raise ValueError(
             f"{manifest.path}: this workflow needs a schema with exactly one image modality and one tabular "
-            f"modality; the schema has images {[image.modality for image in schema.images]} and tables "
-            f"{[table.modality for table in schema.tabular]}. Remove the extra modalities from the schema "
-            "(the columns can stay in the manifest)."
+            f"modality; the schema has images {images} and tables {tables}. Remove the extra modalities from the "
+            "schema (the columns can stay in the manifest)."
         )
-    image = schema.images[0]
-    return CohortLayout(image.modality, schema.tabular[0].modality, image.kind, tuple(int(size) for size in spatial_shape))
+    if not with_table and (len(images) < 2 or tables or len(kinds) != 1):
+        raise ValueError(
+            f"{manifest.path}: this workflow needs a schema with two or more image modalities of one kind and no "
+            f"table; the schema has images {images} of kinds {kinds} and tables {tables}."
+        )
+    return CohortLayout(
+        tuple(images), tables[0] if with_table else None, kinds[0], tuple(int(size) for size in spatial_shape)
+    )
 
 
 def manifest_digest(manifest: Manifest) -> str:
@@ -181,7 +205,7 @@ class SplitLoader:
     Args:
         manifest: the cohort.
         encoders: fitted tabular encoders.
-        layout: the cohort's two modalities.
+        layout: the cohort's modalities.
         cache_dir: folder for NIfTI files converted from DICOM series.
         batch_size: subjects per batch.
     """
@@ -199,14 +223,14 @@ class SplitLoader:
         self.layout = layout
         self.cache_dir = Path(cache_dir)
         self.batch_size = batch_size
-        image = manifest.schema.images[0]
-        self.transform = Compose(
-            [
-                LoadModalityImaged(keys=[layout.image], cache_dir=self.cache_dir, series_rule=image.series_rule, kind=layout.kind),
-                MarkAbsentModalityd(keys=[layout.image], spatial_shape=layout.spatial_shape),
-                image_preprocessing(keys=[layout.image], spatial_shape=layout.spatial_shape, kind=layout.kind),
+        steps = []
+        for image in manifest.schema.images:
+            steps += [
+                LoadModalityImaged(keys=[image.modality], cache_dir=self.cache_dir, series_rule=image.series_rule, kind=layout.kind),
+                MarkAbsentModalityd(keys=[image.modality], spatial_shape=layout.spatial_shape),
+                image_preprocessing(keys=[image.modality], spatial_shape=layout.spatial_shape, kind=layout.kind),
             ]
-        )
+        self.transform = Compose(steps)
 
     def items(self, split: str) -> list[dict[str, Any]]:
         """Uncollated items of ``split``, in manifest order."""
@@ -216,7 +240,7 @@ class SplitLoader:
         return items
 
     def loader(self, split: str, shuffle: bool = False, drop_last: bool = False, seed: int = 0) -> DataLoader:
-        """A re-iterable DataLoader over ``split``; each batch has ``present`` as a ``(B, 2)`` mask."""
+        """A re-iterable DataLoader over ``split``; each batch has ``present`` as a ``(B, M)`` mask."""
         generator = torch.Generator().manual_seed(seed)
         dataset = Dataset(self.items(split), transform=self.transform)
         return DataLoader(
@@ -243,7 +267,7 @@ class SplitLoader:
 
 def split_data(batches: Sequence[Mapping[str, Any]], layout: CohortLayout) -> SplitData:
     """Join the non-image parts of a split's batches into one :class:`SplitData`."""
-    table_keys = ("categorical", "continuous", "missing_values")
+    table_keys = ("categorical", "continuous", "missing_values") if layout.table else ()
     return SplitData(
         subject_ids=[str(subject) for batch in batches for subject in batch["subject_id"]],
         labels=torch.cat([torch.as_tensor(batch["label"]).long() for batch in batches]),

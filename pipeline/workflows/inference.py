@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +57,7 @@ from pipeline.workflows.cohort_data import (
     read_table_mask,
     split_data,
 )
+from pipeline.workflows.run_files import code_version, write_csv
 from pipeline.workflows.training import TABLE_IMPUTERS, table_imputer_file
 
 logger = logging.getLogger(__name__)
@@ -341,13 +340,13 @@ class MissingTableSweep:
             "calibration": self.calibration,
             "modalities": ",".join(layout.modality_names),
             "device": str(self.device),
-            "code_version": _code_version(),
+            "code_version": code_version(),
         }
 
     def _write_outputs(self, table: pd.DataFrame, subjects: pd.DataFrame) -> list[Path]:
         paths = [
-            _write_csv(table, self.output_dir / "results.csv"),
-            _write_csv(subjects, self.output_dir / "subjects.csv"),
+            write_csv(table, self.output_dir / "results.csv"),
+            write_csv(subjects, self.output_dir / "subjects.csv"),
             plot_metric_by_rate(
                 table, self.output_dir / "auc_by_gamma.png", title=f"{self.experiment}: AUC by missing-table rate",
                 ylabel="AUC (95 % bootstrap interval)",
@@ -459,30 +458,8 @@ def _rate(used: pd.Series, candidate: pd.Series) -> float:
     return float(used[candidate].sum()) / count if count else float("nan")
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    partial = path.with_name(path.name + ".partial")
-    frame.to_csv(partial, index=False, float_format="%.6g", lineterminator="\n")
-    os.replace(partial, path)
-    return path
-
-
 def _format_table(table: pd.DataFrame) -> str:
     shown = table.copy()
     for column in ("auc", "auc_low", "auc_high", "accuracy", "selected_table", "selected_image"):
         shown[column] = shown[column].map(lambda value: f"{value:.3f}")
     return shown.to_string(index=False)
-
-
-def _code_version() -> str:
-    """The git commit of the working tree (with ``+dirty`` when it has changes), or ``unknown``."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")

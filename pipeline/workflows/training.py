@@ -214,45 +214,16 @@ class ImageTableTraining:
         val_batches: list[dict[str, Any]],
         run: TrackedRun,
     ) -> dict[str, Any]:
-        started = time.perf_counter()
         torch.manual_seed(self.seed)
         network = build_network(
             layout, encoder, manifest.schema.label.num_classes, embedding, self.image_encoder, self.table_encoder, self.fusion
         )
-        logger.info("Training the %s network (%d parameters).", embedding, sum(p.numel() for p in network.parameters()))
-
-        # Subjects regrouped into new batches each epoch, never with exactly one image (BatchNorm).
-        shuffled = _EpochShuffler(train_batches, self.seed)
-        trainer = SubsetTrainer(network, seed=self.seed, device=self.device, **self.trainer)
-        checkpoint = self.models_dir / f"model_{embedding}.pt"
-        history = trainer.fit(shuffled, val_batches, checkpoint_path=checkpoint)
-        network = network.to(self.device).eval()
-
-        prototypes = fit_subset_prototypes(network, train_batches, device=self.device)
-        prototypes.save(self.models_dir / f"prototypes_{embedding}.pt")
-        token_error = self._fit_token_imputer(network, layout, train_batches, embedding)
-
-        metrics = {
-            f"best_validation_auc.{embedding}": float(history.best_metric),
-            f"best_epoch.{embedding}": float(history.best_epoch),
-            f"image_token_validation_mse.{embedding}": token_error,
-        }
-        run.log_metrics(metrics, step=0)
-        for epoch, (loss, value) in enumerate(zip(history.train_loss, history.val_metric, strict=True)):
-            run.log_metrics({f"train_loss.{embedding}": float(loss), f"validation_auc.{embedding}": float(value)}, step=epoch)
-        seconds = round(time.perf_counter() - started, 1)
-        logger.info(
-            "%s network: best validation %s %.3f at epoch %d of %d (%.0f s).",
-            embedding, history.val_metric_name, history.best_metric, history.best_epoch, history.epochs_run, seconds,
+        network, summary = train_fusion_network(
+            network, train_batches, val_batches, self.models_dir, self.trainer, self.seed, self.device, run
         )
-        return {
-            "best_validation_metric": float(history.best_metric),
-            "metric": history.val_metric_name,
-            "best_epoch": int(history.best_epoch),
-            "epochs_run": int(history.epochs_run),
-            "image_token_validation_mse": token_error,
-            "seconds": seconds,
-        }
+        summary["image_token_validation_mse"] = self._fit_token_imputer(network, layout, train_batches, embedding)
+        run.log_metrics({f"image_token_validation_mse.{embedding}": summary["image_token_validation_mse"]}, step=0)
+        return summary
 
     def _fit_token_imputer(
         self, network: MaskedFusionTransformer, layout: CohortLayout, batches: list[dict[str, Any]], embedding: str
@@ -313,6 +284,54 @@ class ImageTableTraining:
         partial.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         partial.replace(path)
         return path
+
+
+def train_fusion_network(
+    network: MaskedFusionTransformer,
+    train_batches: list[dict[str, Any]],
+    val_batches: list[dict[str, Any]],
+    models_dir: Path,
+    trainer: Mapping[str, Any],
+    seed: int,
+    device: str,
+    run: TrackedRun,
+) -> tuple[MaskedFusionTransformer, dict[str, Any]]:
+    """Train one network with :class:`SubsetTrainer`, fit its prototypes, and save both.
+
+    Writes ``model_<embedding>.pt`` and ``prototypes_<embedding>.pt`` under ``models_dir`` and logs
+    the per-epoch loss and validation metric to ``run``. Returns the trained network in eval
+    mode and a summary of the training.
+    """
+    started = time.perf_counter()
+    embedding = network.embedding
+    logger.info("Training the %s network (%d parameters).", embedding, sum(p.numel() for p in network.parameters()))
+
+    # Subjects regrouped into new batches each epoch, never with exactly one image (BatchNorm).
+    shuffled = _EpochShuffler(train_batches, seed)
+    history = SubsetTrainer(network, seed=seed, device=device, **dict(trainer)).fit(
+        shuffled, val_batches, checkpoint_path=Path(models_dir) / f"model_{embedding}.pt"
+    )
+    network = network.to(device).eval()
+    prototypes = fit_subset_prototypes(network, train_batches, device=device)
+    prototypes.save(Path(models_dir) / f"prototypes_{embedding}.pt")
+
+    metric = history.val_metric_name
+    run.log_metrics({f"best_validation_{metric}.{embedding}": float(history.best_metric), f"best_epoch.{embedding}": float(history.best_epoch)}, step=0)
+    for epoch, (loss, value) in enumerate(zip(history.train_loss, history.val_metric, strict=True)):
+        run.log_metrics({f"train_loss.{embedding}": float(loss), f"validation_{metric}.{embedding}": float(value)}, step=epoch)
+    seconds = round(time.perf_counter() - started, 1)
+    logger.info(
+        "%s network: best validation %s %.3f at epoch %d of %d (%.0f s).",
+        embedding, metric, history.best_metric, history.best_epoch, history.epochs_run, seconds,
+    )
+    summary = {
+        "best_validation_metric": float(history.best_metric),
+        "metric": metric,
+        "best_epoch": int(history.best_epoch),
+        "epochs_run": int(history.epochs_run),
+        "seconds": seconds,
+    }
+    return network, summary
 
 
 class _EpochShuffler:

@@ -192,3 +192,23 @@ def test_batch_norm_encoder_rejects_single_training_image():
 def test_image_encoder_rejects_zero_channels():
     with pytest.raises(ValueError, match="in_channels must be a positive int, got 0"):
         ImageEncoder(in_channels=0)
+
+
+def test_small_input_stem_keeps_distinct_tokens_for_28_pixel_images():
+    torch.manual_seed(0)
+    standard = ImageEncoder("2d", backbone="resnet10", widths=(4, 8, 8, 16), token_grid=(2, 2)).eval()
+    small = ImageEncoder("2d", backbone="resnet10", widths=(4, 8, 8, 16), token_grid=(2, 2), small_input_stem=True).eval()
+    images = torch.randn(3, 1, 28, 28)
+
+    with torch.no_grad():
+        standard_tokens = standard(images)
+        small_tokens = small(images)
+
+    # The standard stem shrinks 28 pixels to a 1 x 1 map, so its 4 pooled tokens are copies.
+    assert torch.allclose(standard_tokens[:, 0], standard_tokens[:, 3])
+    assert not torch.allclose(small_tokens[:, 0], small_tokens[:, 3])
+
+
+def test_small_input_stem_rejects_volumes():
+    with pytest.raises(ValueError, match="small_input_stem"):
+        ImageEncoder("3d", token_grid=(1, 1, 1), small_input_stem=True)
