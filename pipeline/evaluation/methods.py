@@ -104,9 +104,15 @@ def classify_positive_at_once(
 
     The rewards are those of DyMo's first step (each candidate added alone to the start mask,
     with the selector's calibration). Subjects with nothing observed use all recovered modalities.
+    Every modality is either observed or a candidate, never both (whole modalities are missing).
     """
     network = selector.network
     _check_evaluation_mode(network)
+    if bool((start_mask & candidate_mask).any()):
+        raise ValueError(
+            "classify_positive_at_once takes whole missing modalities: a modality cannot be both observed and a "
+            "candidate. Use classify_dymo for partly observed modalities."
+        )
     empty = ~start_mask.any(dim=1)
     start = torch.where(empty[:, None], candidate_mask, start_mask)
     candidates = candidate_mask & ~empty[:, None]

@@ -12,7 +12,13 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.evaluation.methods import MethodOutput, classify_discard, classify_dymo, classify_impute_all
+from pipeline.evaluation.methods import (
+    MethodOutput,
+    classify_discard,
+    classify_dymo,
+    classify_impute_all,
+    classify_positive_at_once,
+)
 from pipeline.selection import DyMoSelector, fit_subset_prototypes
 
 TOLERANCE = 1e-5
@@ -202,3 +208,32 @@ def test_method_output_is_frozen(setting):
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         output.used_mask = setting.start
+
+
+def whole_modality_setting(setting: Setting) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start and candidate masks where each modality is either observed or recovered, never both."""
+    start = torch.tensor([[True, False], [True, False], [False, True], [False, False], [False, False]])
+    candidates = ~start
+    return start, candidates
+
+
+def test_positive_at_once_admits_positive_first_rewards(setting):
+    start, candidates = whole_modality_setting(setting)
+
+    output = classify_positive_at_once(setting.selector, setting.tokens, start, candidates)
+    greedy = setting.selector.select_tokens(setting.tokens, start | (~start.any(dim=1, keepdim=True) & candidates), candidates & start.any(dim=1, keepdim=True))
+
+    expected = (torch.nan_to_num(greedy.steps[0].rewards, nan=0.0) > 0) & candidates
+    for row in OBSERVED_ROWS:
+        assert torch.equal(output.admitted_mask[row], expected[row])
+        assert torch.equal(output.used_mask[row], start[row] | expected[row])
+        reference = probabilities_of(setting.network, setting.tokens, start | expected, row)
+        assert torch.allclose(output.probabilities[row], reference, atol=TOLERANCE)
+    for row in EMPTY_ROWS:
+        assert torch.equal(output.used_mask[row], candidates[row])
+    assert_probabilities(output)
+
+
+def test_positive_at_once_rejects_partly_observed(setting):
+    with pytest.raises(ValueError, match="both observed and a candidate"):
+        classify_positive_at_once(setting.selector, setting.tokens, setting.start, setting.candidates)
