@@ -178,8 +178,7 @@ class TrackedRun:
 
         status = RunStatus.to_string(RunStatus.FINISHED if exc_type is None else RunStatus.FAILED)
         if exc_type is not None:
-            detail = str(exc_value) if exc_value is not None else ""
-            message = f"{exc_type.__name__}: {detail}" if detail else exc_type.__name__
+            message = describe_error(exc_type, exc_value)
             message = _truncate(message, MAX_ERROR_TAG_LENGTH, "error tag", warn=False)
             self._set_tag_quietly(client, run_id, ERROR_TAG, message)
 
@@ -339,3 +338,25 @@ def _truncate(value: str, limit: int, name: str, *, warn: bool = True) -> str:
     if warn:
         logger.warning("Value of %s has %d characters; truncating it to MLflow's limit of %d.", name, len(value), limit)
     return value[:limit]
+
+
+def describe_error(exc_type: type[BaseException], exc_value: BaseException | None) -> str:
+    """Return ``"Type: message"`` of an exception, followed by its root cause when it wraps one.
+
+    A library that wraps an error (a MONAI transform, for example) puts the useful message, such
+    as the unreadable file's path, in the innermost exception.
+    """
+
+    def describe(error_type: type[BaseException], error: BaseException | None) -> str:
+        detail = str(error) if error is not None else ""
+        return f"{error_type.__name__}: {detail}" if detail else error_type.__name__
+
+    message = describe(exc_type, exc_value)
+    root = exc_value
+    seen = set()
+    while root is not None and id(root) not in seen and (root.__cause__ or root.__context__) is not None:
+        seen.add(id(root))
+        root = root.__cause__ or root.__context__
+    if root is not None and root is not exc_value:
+        message += f" (caused by {describe(type(root), root)})"
+    return message

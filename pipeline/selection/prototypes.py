@@ -32,6 +32,7 @@ from torch import nn
 from pipeline.networks.batch import unpack_batch
 from pipeline.networks.fingerprint import network_fingerprint
 from pipeline.networks.fusion import MaskedFusionTransformer
+from pipeline.networks.loading import summarise_load_error
 from pipeline.networks.subsets import all_subsets, describe_subset, mask_to_subset_index
 
 logger = logging.getLogger(__name__)
@@ -161,8 +162,10 @@ class SubsetPrototypes:
         try:
             contents = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for corrupt or unsafe files
-            reason = f"{type(error).__name__}: {error}".rstrip(": ")
-            raise ValueError(f"{path} is not a readable prototypes file ({reason}).") from error
+            raise ValueError(
+                f"{path} is not a readable prototypes file ({summarise_load_error(error)}). Fit the prototypes "
+                "again (the bundle's train.json writes them) or restore the file."
+            ) from error
 
         if not isinstance(contents, dict) or contents.get("format") != FILE_FORMAT:
             raise ValueError(f"{path} is not a prototypes file (expected format {FILE_FORMAT!r}).")

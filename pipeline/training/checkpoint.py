@@ -29,6 +29,7 @@ import torch
 import pipeline
 from pipeline.networks.fingerprint import network_fingerprint
 from pipeline.networks.fusion import MaskedFusionTransformer
+from pipeline.networks.loading import summarise_load_error
 from pipeline.training.argument_checks import check_device
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def load_checkpoint(
         # OSError, RuntimeError, struct.error, KeyError and AssertionError. MemoryError is left
         # out because it can also mean that a valid checkpoint does not fit.
         raise ValueError(
-            f"{path} is not a readable checkpoint: {_summarise_load_error(error)}. Check that it is a complete "
+            f"{path} is not a readable checkpoint: {summarise_load_error(error)}. Check that it is a complete "
             "file written by save_checkpoint."
         ) from error
     _check_contents(path, contents)
@@ -241,20 +242,6 @@ def _check_prototypes(prototypes: Any, network: MaskedFusionTransformer, source:
         raise TypeError(f"{source} must be a tensor of shape {expected}, got {type(prototypes).__name__}.")
     if tuple(prototypes.shape) != expected:
         raise ValueError(f"{source} must have shape {expected} (K, P) for this network, got {tuple(prototypes.shape)}.")
-
-
-def _summarise_load_error(error: BaseException) -> str:
-    """Return the cause of a ``torch.load`` error in one line, without torch's advice to disable weights_only."""
-    text = str(error)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        # The cause follows the marker, on the same line or after blank lines.
-        cause = text.split(marker, 1)[1].strip().splitlines()
-        return f"WeightsUnpickler error: {cause[0].strip()}" if cause else "WeightsUnpickler error"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    return f"{type(error).__name__}: {lines[0]}"
 
 
 def _check_plain_value(value: Any, where: str) -> None:

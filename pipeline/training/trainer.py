@@ -354,9 +354,12 @@ class SubsetTrainer:
         self, epoch: int, losses: _EpochLosses, validation: PooledValidation, history: TrainingHistory
     ) -> None:
         prototype_note = "" if self.loss.prototype_active(epoch) else ", not yet in the loss"
+        if history.best_epoch < 0:
+            best_note = f"no epoch kept before epoch {self.selection_start_epoch}"
+        else:
+            best_note = f"best {history.best_metric:.4f} at epoch {history.best_epoch}"
         logger.info(
-            "epoch %d/%d: train loss %.4f (classification %.4f, prototype %.4f%s), validation %s %.4f "
-            "(best %.4f at epoch %d)",
+            "epoch %d/%d: train loss %.4f (classification %.4f, prototype %.4f%s), validation %s %.4f (%s)",
             epoch,
             self.max_epochs - 1,
             losses.total,
@@ -365,8 +368,7 @@ class SubsetTrainer:
             prototype_note,
             validation.metric_name,
             validation.metric,
-            history.best_metric,
-            history.best_epoch,
+            best_note,
         )
 
     def _save(self, checkpoint_path: str | os.PathLike[str], epoch: int, validation: PooledValidation) -> None:

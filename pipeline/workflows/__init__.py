@@ -8,7 +8,11 @@
 """
 
 from pipeline.workflows.image_modalities import ImageModalitiesTraining, ModalitySweep
-from pipeline.workflows.inference import DEFAULT_GAMMAS, RESULT_COLUMNS, MissingTableSweep
+from pipeline.workflows.inference import (
+    DEFAULT_GAMMAS,
+    RESULT_COLUMNS,
+    MissingTableSweep,
+)
 from pipeline.workflows.training import EMBEDDINGS, ImageTableTraining, build_network
 
 __all__ = [

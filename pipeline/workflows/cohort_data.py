@@ -22,13 +22,17 @@ import torch
 from monai.data import DataLoader, Dataset, list_data_collate
 from monai.transforms import Compose
 
-from pipeline.data.cohorts import build_cohort
 from pipeline.data.cohort_masks import MASK_FOLDER, write_cohort_masks
+from pipeline.data.cohorts import build_cohort
 from pipeline.data.dataset import fit_tabular_encoders, presence_matrix, subject_items
 from pipeline.data.manifest import Manifest, read_manifest
 from pipeline.data.missingness import mask_filename, read_mask
 from pipeline.data.tabular import TabularEncoder
-from pipeline.data.transforms import LoadModalityImaged, MarkAbsentModalityd, image_preprocessing
+from pipeline.data.transforms import (
+    LoadModalityImaged,
+    MarkAbsentModalityd,
+    image_preprocessing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -179,12 +183,25 @@ def load_encoders(path: str | Path, manifest: Manifest) -> dict[str, TabularEnco
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no tabular encoders at {path}; run the bundle's train.json first.")
-    document = json.loads(path.read_text(encoding="utf-8"))
-    encoders = {name: TabularEncoder.from_dict(data) for name, data in document.items()}
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(document, dict):
+            raise ValueError(f"expected a JSON object of encoders by table, got {type(document).__name__}")
+        encoders = {name: TabularEncoder.from_dict(data) for name, data in document.items()}
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"{path} is not a readable tabular encoders file ({error}). Restore it, or train again with the bundle's "
+            "train.json, which writes it."
+        ) from error
     for table in manifest.schema.tabular:
         expected = list(manifest.schema.tabular_columns(table.modality))
         encoder = encoders.get(table.modality)
-        found = None if encoder is None else list(encoder.categorical_columns) + list(encoder.continuous_columns)
+        if encoder is None:
+            raise ValueError(
+                f"{path} has no encoder for table {table.modality!r} of {manifest.path} (it has {sorted(encoders)}). "
+                "Train the bundle on this cohort (train.json with the same --dataset_dir and --schema)."
+            )
+        found = list(encoder.categorical_columns) + list(encoder.continuous_columns)
         if found != expected:
             raise ValueError(
                 f"{path} was fitted for table {table.modality!r} with columns {found}, but the schema of "

@@ -44,7 +44,7 @@ from pipeline.evaluation.methods import (
 )
 from pipeline.evaluation.metrics import bootstrap_accuracy
 from pipeline.evaluation.plots import plot_metric_by_rate
-from pipeline.evaluation.tracking import TrackedRun, resolve_tracking_uri
+from pipeline.evaluation.tracking import TrackedRun
 from pipeline.imputation import MoPoEImputer, load_imputer, save_imputer
 from pipeline.networks import MaskedFusionTransformer
 from pipeline.selection import DyMoSelector, SubsetPrototypes
@@ -56,7 +56,14 @@ from pipeline.workflows.cohort_data import (
     manifest_digest,
     open_cohort,
 )
-from pipeline.workflows.run_files import code_version, write_csv
+from pipeline.workflows.run_files import (
+    check_device,
+    check_writable_folder,
+    code_version,
+    report_failure,
+    tracking_uri_for,
+    write_csv,
+)
 from pipeline.workflows.training import EMBEDDINGS, train_fusion_network
 
 logger = logging.getLogger(__name__)
@@ -139,20 +146,25 @@ class ImageModalitiesTraining:
         self.imputer = dict(imputer or {})
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self.device = str(device)
+        self.device = str(check_device(device))
         self.tracking_store = tracking_store
         self.experiment = experiment
         self.run_name = run_name or time.strftime("train-%Y%m%d-%H%M%S")
 
     def run(self) -> dict[str, Any]:
         """Train and save everything; return the summary also written to ``training_summary.json``."""
+        with report_failure("training"):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
+        check_writable_folder(self.models_dir, "models_dir")
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
         layout = cohort_layout(manifest, self.spatial_shape, with_table=False)
         loader = SplitLoader(manifest, {}, layout, self.cache_dir, self.batch_size)
         self.models_dir.mkdir(parents=True, exist_ok=True)
 
-        tracking_uri = resolve_tracking_uri(self.tracking_store or self.models_dir.parent / "eval" / "mlruns.db")
+        tracking_uri = tracking_uri_for(self.tracking_store or self.models_dir.parent / "eval" / "mlruns.db")
         with TrackedRun(self.experiment, self.run_name, tracking_uri) as run:
             run.log_params(self._parameters(manifest))
             logger.info("Reading the training and validation images of %s.", manifest.path)
@@ -289,14 +301,19 @@ class ModalitySweep:
         self.seed = int(seed)
         self.example_count = int(example_count)
         self.batch_size = int(batch_size)
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.tracking_store = tracking_store
         self.experiment = experiment
         self.run_name = run_name or time.strftime("dymo-%Y%m%d-%H%M%S")
 
     def run(self) -> pd.DataFrame:
         """Run the sweep, write the outputs and the MLflow run; return the results table."""
+        with report_failure("inference"):
+            return self._run()
+
+    def _run(self) -> pd.DataFrame:
         started = time.perf_counter()
+        check_writable_folder(self.output_dir, "output_dir")
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
         layout = cohort_layout(manifest, self.spatial_shape, with_table=False)
         mask_paths = self._check_masks(manifest)
@@ -304,7 +321,7 @@ class ModalitySweep:
         imputer = load_imputer(self.models_dir / IMPUTER_FILE)
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
-        tracking_uri = resolve_tracking_uri(self.tracking_store or self.output_dir / "mlruns.db")
+        tracking_uri = tracking_uri_for(self.tracking_store or self.output_dir / "mlruns.db")
         with TrackedRun(self.experiment, self.run_name, tracking_uri) as run:
             batches = SplitLoader(manifest, {}, layout, self.cache_dir, self.batch_size).preload(self.split)
             limit = self.subject_limit

@@ -39,7 +39,7 @@ from pipeline.evaluation.methods import (
 )
 from pipeline.evaluation.metrics import accuracy, bootstrap_auc
 from pipeline.evaluation.plots import plot_metric_by_rate
-from pipeline.evaluation.tracking import TrackedRun, resolve_tracking_uri
+from pipeline.evaluation.tracking import TrackedRun
 from pipeline.imputation import load_imputer, recover_batch
 from pipeline.networks import MaskedFusionTransformer
 from pipeline.selection import DyMoSelector, SubsetPrototypes
@@ -57,7 +57,14 @@ from pipeline.workflows.cohort_data import (
     read_table_mask,
     split_data,
 )
-from pipeline.workflows.run_files import code_version, write_csv
+from pipeline.workflows.run_files import (
+    check_device,
+    check_writable_folder,
+    code_version,
+    report_failure,
+    tracking_uri_for,
+    write_csv,
+)
 from pipeline.workflows.training import TABLE_IMPUTERS, table_imputer_file
 
 logger = logging.getLogger(__name__)
@@ -159,23 +166,35 @@ class MissingTableSweep:
         self.n_bootstrap = int(n_bootstrap)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.tracking_store = tracking_store
         self.experiment = experiment
         self.run_name = run_name or time.strftime("dymo-%Y%m%d-%H%M%S")
 
     def run(self) -> pd.DataFrame:
         """Run the sweep, write the outputs and the MLflow run; return the results table."""
+        with report_failure("inference"):
+            return self._run()
+
+    def _run(self) -> pd.DataFrame:
         started = time.perf_counter()
+        check_writable_folder(self.output_dir, "output_dir")
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
         layout = cohort_layout(manifest, self.spatial_shape)
         check_table_masks(manifest.path.parent, manifest, self.gammas, self.mask_mode, self.mask_seed)
         encoders = load_encoders(self.models_dir / ENCODERS_FILE, manifest)
         models = self._load_models()
-        table_imputer = load_imputer(self.models_dir / table_imputer_file(self.table_imputer))
+        table_imputer_path = self.models_dir / table_imputer_file(self.table_imputer)
+        if not table_imputer_path.is_file():
+            raise FileNotFoundError(
+                f"no {self.table_imputer} table imputer at {table_imputer_path}; train one with "
+                f"`python -m monai.bundle run --config_file bundles/cad/train.json --table_imputer#kind {self.table_imputer}` "
+                "(with the same --dataset_dir and --models_dir), or choose the table imputer that was trained."
+            )
+        table_imputer = load_imputer(table_imputer_path)
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
-        tracking_uri = resolve_tracking_uri(self.tracking_store or self.output_dir / "mlruns.db")
+        tracking_uri = tracking_uri_for(self.tracking_store or self.output_dir / "mlruns.db")
         with TrackedRun(self.experiment, self.run_name, tracking_uri) as run:
             loader = SplitLoader(manifest, encoders, layout, self.cache_dir, self.batch_size)
             data = self._encode_images(loader, layout, models)
@@ -366,9 +385,15 @@ def _checked_gammas(gammas: Sequence[float]) -> tuple[float, ...]:
     for gamma in gammas:
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
             raise ValueError(f"every gamma must be a number in [0, 1], got {gamma!r} in {list(gammas)}.")
-        check_rate("gamma", float(gamma))
+        try:
+            check_rate("gamma", float(gamma))
+        except ValueError as error:
+            raise ValueError(f"--gammas: {error}") from None
         if abs(round(gamma, 2) - gamma) > 1e-9:
-            raise ValueError(f"gamma {gamma!r} has more than two decimals, but mask files are named with two; use {round(gamma, 2):.2f}.")
+            raise ValueError(
+                f"--gammas: {gamma!r} has more than two decimals, but mask files are named with two; round it to two "
+                "decimals, to a rate that has a mask."
+            )
         checked.append(float(gamma))
     return tuple(dict.fromkeys(checked))
 

@@ -28,8 +28,13 @@ import torch
 
 from pipeline.data.manifest import Manifest
 from pipeline.data.tabular import EncodedTable, TabularEncoder
-from pipeline.evaluation.tracking import TrackedRun, resolve_tracking_uri
-from pipeline.imputation import IterativeTabularImputer, LearnedTabularImputer, TokenImputer, save_imputer
+from pipeline.evaluation.tracking import TrackedRun
+from pipeline.imputation import (
+    IterativeTabularImputer,
+    LearnedTabularImputer,
+    TokenImputer,
+    save_imputer,
+)
 from pipeline.networks import MaskedFusionTransformer
 from pipeline.selection import fit_subset_prototypes
 from pipeline.training import SubsetTrainer
@@ -42,6 +47,12 @@ from pipeline.workflows.cohort_data import (
     manifest_digest,
     open_cohort,
     save_encoders,
+)
+from pipeline.workflows.run_files import (
+    check_device,
+    check_writable_folder,
+    report_failure,
+    tracking_uri_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -157,21 +168,26 @@ class ImageTableTraining:
         self.token_imputer = dict(token_imputer or {})
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self.device = str(device)
+        self.device = str(check_device(device))
         self.tracking_store = tracking_store
         self.experiment = experiment
         self.run_name = run_name or time.strftime("train-%Y%m%d-%H%M%S")
 
     def run(self) -> dict[str, Any]:
         """Train and save everything; return the summary also written to ``training_summary.json``."""
+        with report_failure("training"):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
+        check_writable_folder(self.models_dir, "models_dir")
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
         layout = cohort_layout(manifest, self.spatial_shape)
         encoders = fit_encoders(manifest)
         save_encoders(encoders, self.models_dir / ENCODERS_FILE)
         loader = SplitLoader(manifest, encoders, layout, self.cache_dir, self.batch_size)
 
-        tracking_uri = resolve_tracking_uri(self.tracking_store or self.models_dir.parent / "eval" / "mlruns.db")
+        tracking_uri = tracking_uri_for(self.tracking_store or self.models_dir.parent / "eval" / "mlruns.db")
         with TrackedRun(self.experiment, self.run_name, tracking_uri) as run:
             run.log_params(self._parameters(manifest))
             summary = self._train_all(manifest, layout, encoders, loader, run)

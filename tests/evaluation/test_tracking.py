@@ -95,6 +95,21 @@ def test_exception_marks_run_failed(store, client) -> None:
     assert stored.data.metrics == {"auc": 0.5}
 
 
+def test_failed_run_tag_names_root_cause(store, client) -> None:
+    tracked = TrackedRun("failing", "run-cause", store[1])
+
+    with pytest.raises(RuntimeError):
+        with tracked:
+            try:
+                raise OSError("/cohort/images/s1.nii.gz: cannot read the image data")
+            except OSError as error:
+                raise RuntimeError("applying transform LoadModalityImaged") from error
+
+    tag = client.get_run(tracked.run_id).data.tags[ERROR_TAG]
+    assert tag.startswith("RuntimeError: applying transform LoadModalityImaged")
+    assert tag.endswith("(caused by OSError: /cohort/images/s1.nii.gz: cannot read the image data)")
+
+
 def test_keyboard_interrupt_marks_run_failed(store, client) -> None:
     tracked = TrackedRun("failing", "run-d", store[1])
 
