@@ -135,7 +135,7 @@ def cohort_layout(manifest: Manifest, spatial_shape: Sequence[int], with_table: 
             modalities of one kind and no table.
 
     Raises:
-        ValueError: the schema declares other modalities; the message says which.
+        ValueError: the schema declares other modalities; the message names them.
     """
     schema = manifest.schema
     images = [image.modality for image in schema.images]
@@ -257,7 +257,7 @@ class SplitLoader:
         return items
 
     def loader(self, split: str, shuffle: bool = False, drop_last: bool = False, seed: int = 0) -> DataLoader:
-        """A re-iterable DataLoader over ``split``; each batch has ``present`` as a ``(B, M)`` mask."""
+        """Return a re-iterable DataLoader over ``split``; each batch has ``present`` as a ``(B, M)`` mask."""
         generator = torch.Generator().manual_seed(seed)
         dataset = Dataset(self.items(split), transform=self.transform)
         return DataLoader(

@@ -1,4 +1,4 @@
-"""What every bundle job shares: output-folder checks, atomic CSV tables, the code version, failure logs."""
+"""Helpers shared by the bundle jobs: output-folder checks, atomic CSV tables, the code version, failure logs."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def code_version() -> str:
-    """The git commit of the working tree (with ``+dirty`` when it has changes), or ``unknown``."""
+    """Return the git commit of the working tree (with ``+dirty`` when it has changes), or ``unknown``."""
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
