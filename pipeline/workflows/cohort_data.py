@@ -114,7 +114,7 @@ def open_cohort(
                 "<dataset_dir>/manifest.csv) for your own cohort, or build a repository cohort with "
                 "`python -m pipeline build-cohort cad_demo --output DIR`."
             )
-        logger.info("No manifest at %s: building the %s cohort there (about a minute).", manifest_path, build_if_missing)
+        logger.info("No manifest at %s: building the %s cohort there (under a minute).", manifest_path, build_if_missing)
         built = build_cohort(build_if_missing, manifest_path.parent, seed=0)
         if built != manifest_path:
             raise FileNotFoundError(
@@ -143,14 +143,16 @@ def cohort_layout(manifest: Manifest, spatial_shape: Sequence[int], with_table: 
     kinds = sorted({image.kind for image in schema.images})
     if with_table and (len(images) != 1 or len(tables) != 1):
         raise ValueError(
-            f"{manifest.path}: this workflow needs a schema with exactly one image modality and one tabular "
-            f"modality; the schema has images {images} and tables {tables}. Remove the extra modalities from the "
-            "schema (the columns can stay in the manifest)."
+            f"{manifest.path}: this bundle needs a schema with exactly one image modality and one tabular "
+            f"modality; the schema given with --schema has images {images} and tables {tables}. Remove the extra "
+            "modalities from the schema (the columns can stay in the manifest), or use the bundle for several image "
+            "modalities (bundles/polymnist)."
         )
     if not with_table and (len(images) < 2 or tables or len(kinds) != 1):
         raise ValueError(
-            f"{manifest.path}: this workflow needs a schema with two or more image modalities of one kind and no "
-            f"table; the schema has images {images} of kinds {kinds} and tables {tables}."
+            f"{manifest.path}: this bundle needs a schema with two or more image modalities of one kind and no "
+            f"table; the schema given with --schema has images {images} of kinds {kinds} and tables {tables}. For "
+            "one image and one table use the CAD bundle (bundles/cad)."
         )
     return CohortLayout(
         tuple(images), tables[0] if with_table else None, kinds[0], tuple(int(size) for size in spatial_shape)
@@ -249,17 +251,26 @@ class SplitLoader:
             ]
         self.transform = Compose(steps)
 
-    def items(self, split: str) -> list[dict[str, Any]]:
-        """Uncollated items of ``split``, in manifest order."""
+    def items(self, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return the uncollated items of ``split`` in manifest order, or ``limit`` of them spread evenly over it.
+
+        Evenly spaced subjects rather than the first ones, because repository cohorts are sorted
+        (polymnist_real by digit, cad_demo by centre).
+        """
         items = subject_items(self.manifest, self.encoders, split=split)
         if not items:
             raise ValueError(f"{self.manifest.path}: no labelled subject is in split {split!r}.")
+        if limit is not None and limit < len(items):
+            rows = np.unique(np.linspace(0, len(items) - 1, limit).round().astype(int))
+            items = [items[row] for row in rows]
         return items
 
-    def loader(self, split: str, shuffle: bool = False, drop_last: bool = False, seed: int = 0) -> DataLoader:
+    def loader(
+        self, split: str, shuffle: bool = False, drop_last: bool = False, seed: int = 0, limit: int | None = None
+    ) -> DataLoader:
         """Return a re-iterable DataLoader over ``split``; each batch has ``present`` as a ``(B, M)`` mask."""
         generator = torch.Generator().manual_seed(seed)
-        dataset = Dataset(self.items(split), transform=self.transform)
+        dataset = Dataset(self.items(split, limit), transform=self.transform)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -270,9 +281,9 @@ class SplitLoader:
             collate_fn=self._collate,
         )
 
-    def preload(self, split: str) -> list[dict[str, Any]]:
-        """Read every batch of ``split`` once and keep them in memory (for repeated epochs)."""
-        batches = list(self.loader(split))
+    def preload(self, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Read every batch of ``split`` (or ``limit`` subjects of it) once and keep them in memory."""
+        batches = list(self.loader(split, limit=limit))
         logger.info("Loaded split %r: %d subjects in %d batches.", split, sum(len(b["label"]) for b in batches), len(batches))
         return batches
 
@@ -321,7 +332,12 @@ def read_table_mask(
 
 
 def check_table_masks(
-    cohort_dir: str | Path, manifest: Manifest, gammas: Sequence[float], mode: str = "value", seed: int = 0
+    cohort_dir: str | Path,
+    manifest: Manifest,
+    gammas: Sequence[float],
+    mode: str = "value",
+    seed: int = 0,
+    schema_path: str | Path = "SCHEMA",
 ) -> list[Path]:
     """Return the mask files of the ``gammas`` above 0, or raise one error listing every missing file.
 
@@ -331,9 +347,10 @@ def check_table_masks(
     paths = [Path(cohort_dir) / MASK_FOLDER / mask_filename("tabular", gamma, seed, mode) for gamma in gammas if gamma > 0]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
+        wanted = " ".join(f"{gamma:.2f}" for gamma in gammas if gamma > 0)
         raise FileNotFoundError(
             f"no missingness mask at {', '.join(missing)}. Write the masks once with `python -m pipeline write-masks "
-            f"--manifest {manifest.path} --schema SCHEMA` (it writes gammas 0.1, 0.3, 0.5, 0.7, 0.9, 1.0), or "
+            f"--manifest {manifest.path} --schema {schema_path} --gammas {wanted} --seeds {seed}`, or "
             "pick gammas that have masks with --gammas."
         )
     return paths

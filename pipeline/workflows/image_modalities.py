@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from pipeline.data.cohort_masks import MASK_FOLDER
 from pipeline.data.manifest import Manifest
-from pipeline.data.missingness import check_rate, mask_filename, read_mask
+from pipeline.data.missingness import mask_filename, read_mask
 from pipeline.evaluation.methods import (
     ABLATION_METHODS,
     METHODS,
@@ -48,6 +48,7 @@ from pipeline.evaluation.tracking import TrackedRun
 from pipeline.imputation import MoPoEImputer, load_imputer, save_imputer
 from pipeline.networks import MaskedFusionTransformer
 from pipeline.selection import DyMoSelector, SubsetPrototypes
+from pipeline.selection.reward import CALIBRATION_RULES
 from pipeline.training import load_checkpoint
 from pipeline.workflows.cohort_data import (
     CohortLayout,
@@ -109,6 +110,7 @@ class ImageModalitiesTraining:
         run_name: MLflow run name.
     """
 
+    @report_failure("bundle configuration")
     def __init__(
         self,
         manifest: str | Path,
@@ -153,7 +155,7 @@ class ImageModalitiesTraining:
 
     def run(self) -> dict[str, Any]:
         """Train and save everything; return the summary also written to ``training_summary.json``."""
-        with report_failure("training"):
+        with report_failure("training job"):
             return self._run()
 
     def _run(self) -> dict[str, Any]:
@@ -243,7 +245,7 @@ class ModalitySweep:
         mask_seed: seed of the saved masks to read.
         spatial_shape: image size; must be the one the models were trained with.
         split: the evaluated split.
-        subject_limit: evaluate only the first subjects of the split, or None.
+        subject_limit: evaluate only this many subjects, spread evenly over the split, or None.
         n_bootstrap, seed: bootstrap resamples and seed of the accuracy interval.
         example_count: test subjects shown in ``selection_examples.png``.
         batch_size: subjects per encoder batch.
@@ -253,6 +255,7 @@ class ModalitySweep:
         run_name: MLflow run name; a timestamp when None.
     """
 
+    @report_failure("bundle configuration")
     def __init__(
         self,
         manifest: str | Path,
@@ -286,6 +289,12 @@ class ModalitySweep:
         if subject_limit is not None and int(subject_limit) < 2:
             raise ValueError(f"subject_limit must be at least 2 subjects or None, got {subject_limit!r}.")
         self.calibration = dict(DEFAULT_CALIBRATION, **dict(calibration or {}))
+        bad = {key: value for key, value in self.calibration.items() if key not in EMBEDDINGS or value not in CALIBRATION_RULES}
+        if bad:
+            raise ValueError(
+                f"--calibration: {bad} is not valid; give a rule from {list(CALIBRATION_RULES)} per embedding "
+                f"{list(EMBEDDINGS)}, for example --calibration '{{\"cosine\": \"ratio\"}}'."
+            )
         self.manifest_path = Path(manifest)
         self.schema_path = Path(schema)
         self.models_dir = Path(models_dir)
@@ -308,7 +317,7 @@ class ModalitySweep:
 
     def run(self) -> pd.DataFrame:
         """Run the sweep, write the outputs and the MLflow run; return the results table."""
-        with report_failure("inference"):
+        with report_failure("inference job"):
             return self._run()
 
     def _run(self) -> pd.DataFrame:
@@ -318,17 +327,23 @@ class ModalitySweep:
         layout = cohort_layout(manifest, self.spatial_shape, with_table=False)
         mask_paths = self._check_masks(manifest)
         networks, prototypes = self._load_networks()
-        imputer = load_imputer(self.models_dir / IMPUTER_FILE)
+        imputer_path = self.models_dir / IMPUTER_FILE
+        if not imputer_path.is_file():
+            raise FileNotFoundError(
+                f"no MoPoE imputer at {imputer_path}: --models_dir must be a folder written by this bundle's train.json "
+                "(bundles/polymnist/models by default), not another bundle's."
+            )
+        imputer = load_imputer(imputer_path)
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
         tracking_uri = tracking_uri_for(self.tracking_store or self.output_dir / "mlruns.db")
         with TrackedRun(self.experiment, self.run_name, tracking_uri) as run:
-            batches = SplitLoader(manifest, {}, layout, self.cache_dir, self.batch_size).preload(self.split)
-            limit = self.subject_limit
-            subject_ids = [str(s) for batch in batches for s in batch["subject_id"]][:limit]
-            labels = torch.cat([torch.as_tensor(batch["label"]).long() for batch in batches])[:limit]
-            images = stack_images(batches, layout)[:limit]  # (n, M, C, H, W)
-            present = torch.cat([batch["present"] for batch in batches])[:limit]
+            loader = SplitLoader(manifest, {}, layout, self.cache_dir, self.batch_size)
+            batches = loader.preload(self.split, limit=self.subject_limit)
+            subject_ids = [str(subject) for batch in batches for subject in batch["subject_id"]]
+            labels = torch.cat([torch.as_tensor(batch["label"]).long() for batch in batches])
+            images = stack_images(batches, layout)  # (n, M, C, H, W)
+            present = torch.cat([batch["present"] for batch in batches])
             logger.info(
                 "DyMo sweep: cohort %s, %d %s subjects, modalities %s, methods %s, etas %s, output %s.",
                 manifest.path, len(subject_ids), self.split, layout.images, self.methods, list(self.etas), self.output_dir,
@@ -352,7 +367,8 @@ class ModalitySweep:
                 results.extend(rows)
                 records.append(frame)
                 if eta == max(self.etas):
-                    examples = (images, recovered, observed, outputs.get("dymo_cosine") or next(iter(outputs.values())))
+                    shown = "dymo_cosine" if "dymo_cosine" in outputs else next(iter(outputs))
+                    examples = (images, recovered, observed, outputs[shown], shown)
                 logger.info(
                     "eta %.2f done in %.1f s: %s", eta, time.perf_counter() - step_started,
                     ", ".join(f"{row['method']} {row['accuracy']:.3f}" for row in rows),
@@ -373,10 +389,11 @@ class ModalitySweep:
         paths = {eta: Path(manifest.path).parent / MASK_FOLDER / mask_filename("modality", eta, self.mask_seed) for eta in self.etas if eta > 0}
         missing = [str(path) for path in paths.values() if not path.is_file()]
         if missing:
+            wanted = " ".join(f"{eta:.2f}" for eta in self.etas if eta > 0)
             raise FileNotFoundError(
                 f"no missingness mask at {', '.join(missing)}. Write the masks once with `python -m pipeline write-masks "
-                f"--manifest {manifest.path} --schema SCHEMA` (it writes etas 0.2, 0.4, 0.6, 0.8), or pick etas that "
-                "have masks with --etas."
+                f"--manifest {manifest.path} --schema {self.schema_path} --etas {wanted} --seeds {self.mask_seed}`, or "
+                "pick etas that have masks with --etas."
             )
         return paths
 
@@ -458,7 +475,7 @@ class ModalitySweep:
         self,
         table: pd.DataFrame,
         subjects: pd.DataFrame,
-        examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor, MethodOutput] | None,
+        examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor, MethodOutput, str] | None,
         subject_ids: list[str],
         labels: torch.Tensor,
         layout: CohortLayout,
@@ -473,7 +490,10 @@ class ModalitySweep:
             ),
         ]
         if examples is not None:
-            paths.append(_plot_examples(self.output_dir / "selection_examples.png", examples, subject_ids, labels, layout, self.example_count))
+            title = f"eta {max(self.etas):.2f}: modalities as observed or generated, and used or not by {examples[4]}"
+            paths.append(
+                _plot_examples(self.output_dir / "selection_examples.png", examples[:4], subject_ids, labels, layout, self.example_count, title)
+            )
         settings = {name: value for name, value in vars(self).items()}
         config_path = self.output_dir / "config.json"
         config_path.write_text(json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
@@ -488,11 +508,15 @@ def _checked_etas(etas: Sequence[float]) -> tuple[float, ...]:
     for eta in etas:
         if isinstance(eta, bool) or not isinstance(eta, (int, float)):
             raise ValueError(f"every eta must be a number in [0, 1), got {eta!r} in {list(etas)}.")
-        check_rate("eta", float(eta))
-        if eta >= 1:
-            raise ValueError(f"eta must be below 1 because every subject keeps at least one modality, got {eta!r}.")
+        if not 0 <= eta < 1:
+            raise ValueError(
+                f"--etas: every eta must be in [0, 1), because each subject keeps at least one modality; got {eta!r}."
+            )
         if abs(round(eta, 2) - eta) > 1e-9:
-            raise ValueError(f"eta {eta!r} has more than two decimals, but mask files are named with two; use {round(eta, 2):.2f}.")
+            raise ValueError(
+                f"--etas: {eta!r} has more than two decimals, but mask files are named with two; round it to two "
+                "decimals, to a rate that has a mask."
+            )
         checked.append(float(eta))
     return tuple(dict.fromkeys(checked))
 
@@ -555,6 +579,7 @@ def _plot_examples(
     labels: torch.Tensor,
     layout: CohortLayout,
     count: int,
+    title: str,
 ) -> Path:
     """Draw, for ``count`` subjects, each modality as observed, or generated and admitted or not."""
     images, recovered, observed, output = examples
@@ -583,6 +608,7 @@ def _plot_examples(
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(2)
         axes[position][0].set_ylabel(f"{subject_ids[row]}\nlabel {int(labels[row])}, pred {predicted}", fontsize=7)
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     partial = path.with_name(path.name + ".partial.png")
     figure.savefig(partial, dpi=100)

@@ -103,7 +103,7 @@ class MissingTableSweep:
         calibration: DyMo calibration rule (``"ratio"``, ``"log_ratio"``, ``"none"``).
         spatial_shape: image size; must be the one the models were trained with.
         split: the evaluated split.
-        subject_limit: evaluate only the first subjects of the split (for quick checks), or None.
+        subject_limit: evaluate only this many subjects, spread evenly over the split (for quick checks), or None.
         n_bootstrap: bootstrap resamples of the AUC interval.
         seed: seed of the bootstrap.
         batch_size: subjects per encoder batch.
@@ -113,6 +113,7 @@ class MissingTableSweep:
         run_name: MLflow run name; a timestamp when None.
     """
 
+    @report_failure("bundle configuration")
     def __init__(
         self,
         manifest: str | Path,
@@ -173,7 +174,7 @@ class MissingTableSweep:
 
     def run(self) -> pd.DataFrame:
         """Run the sweep, write the outputs and the MLflow run; return the results table."""
-        with report_failure("inference"):
+        with report_failure("inference job"):
             return self._run()
 
     def _run(self) -> pd.DataFrame:
@@ -181,7 +182,7 @@ class MissingTableSweep:
         check_writable_folder(self.output_dir, "output_dir")
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
         layout = cohort_layout(manifest, self.spatial_shape)
-        check_table_masks(manifest.path.parent, manifest, self.gammas, self.mask_mode, self.mask_seed)
+        check_table_masks(manifest.path.parent, manifest, self.gammas, self.mask_mode, self.mask_seed, self.schema_path)
         encoders = load_encoders(self.models_dir / ENCODERS_FILE, manifest)
         models = self._load_models()
         table_imputer_path = self.models_dir / table_imputer_file(self.table_imputer)
@@ -258,9 +259,7 @@ class MissingTableSweep:
         encoded: dict[str, list[torch.Tensor]] = {name: [] for name in models}
         subjects = 0
         with torch.no_grad():
-            for batch in loader.loader(self.split):
-                if self.subject_limit is not None and subjects >= self.subject_limit:
-                    break
+            for batch in loader.loader(self.split, limit=self.subject_limit):
                 batches.append({key: batch[key] for key in ("subject_id", "label", layout.table, "present")})
                 present = batch["present"][:, 0]
                 for name, model in models.items():
@@ -271,11 +270,9 @@ class MissingTableSweep:
                     encoded[name].append(tokens)
                 subjects += len(present)
                 logger.info("Encoded images of %d subjects.", subjects)
-        data = split_data(batches, layout)
-        limit = self.subject_limit or len(data.subject_ids)
         for name, model in models.items():
-            model.image_tokens = torch.cat(encoded[name])[:limit]
-        return SplitData(data.subject_ids[:limit], data.labels[:limit], {k: v[:limit] for k, v in data.table.items()}, data.present[:limit])
+            model.image_tokens = torch.cat(encoded[name])
+        return split_data(batches, layout)
 
     def _evaluate_rate(
         self,

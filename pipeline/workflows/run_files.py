@@ -49,13 +49,16 @@ def check_device(device: str | torch.device) -> torch.device:
 def report_failure(job: str) -> Iterator[None]:
     """Log one ERROR line with the cause when ``job`` fails, then let the exception propagate.
 
+    Works as a context manager and as a decorator. ``job`` names what failed, for example
+    ``"inference job"``.
+
     MONAI's bundle runner wraps every error in ``RuntimeError: Failed to evaluate ...``, so this
     line, printed just before the traceback, is where the user reads what went wrong.
     """
     try:
         yield
     except Exception as error:
-        logger.error("The %s job failed: %s", job, describe_error(type(error), error))
+        logger.error("The %s failed: %s", job, describe_error(type(error), error))
         raise
 
 

@@ -124,6 +124,7 @@ class ImageTableTraining:
         run_name: MLflow run name.
     """
 
+    @report_failure("bundle configuration")
     def __init__(
         self,
         manifest: str | Path,
@@ -175,7 +176,7 @@ class ImageTableTraining:
 
     def run(self) -> dict[str, Any]:
         """Train and save everything; return the summary also written to ``training_summary.json``."""
-        with report_failure("training"):
+        with report_failure("training job"):
             return self._run()
 
     def _run(self) -> dict[str, Any]:

@@ -273,3 +273,15 @@ def test_split_data_joins_batches(manifest, layout, tmp_path):
     assert torch.equal(data.table["continuous"], torch.cat([batch["clinical"]["continuous"] for batch in batches]))
     expected_labels = manifest.frame.set_index(manifest.schema.subject_id_column).loc[test_ids, "label"]
     assert data.labels.tolist() == [int(label) for label in expected_labels]
+
+
+def test_split_loader_limit_spreads_subjects(manifest, layout, tmp_path):
+    loader = SplitLoader(manifest, fit_encoders(manifest), layout, tmp_path / "cache")
+    everyone = [item["subject_id"] for item in loader.items("train")]
+
+    chosen = [item["subject_id"] for item in loader.items("train", limit=5)]
+
+    assert len(chosen) == 5
+    assert chosen[0] == everyone[0]
+    assert chosen[-1] == everyone[-1]
+    assert chosen == [subject for subject in everyone if subject in chosen]
