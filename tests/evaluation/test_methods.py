@@ -237,3 +237,14 @@ def test_positive_at_once_admits_positive_first_rewards(setting):
 def test_positive_at_once_rejects_partly_observed(setting):
     with pytest.raises(ValueError, match="both observed and a candidate"):
         classify_positive_at_once(setting.selector, setting.tokens, setting.start, setting.candidates)
+
+
+def test_dymo_chunks_give_same_result(setting):
+    whole = classify_dymo(setting.selector, setting.tokens, setting.observed_tokens, setting.start, setting.candidates)
+    chunked = classify_dymo(
+        setting.selector, setting.tokens, setting.observed_tokens, setting.start, setting.candidates, chunk_size=2
+    )
+
+    assert torch.allclose(whole.probabilities, chunked.probabilities, atol=TOLERANCE)
+    assert torch.equal(whole.used_mask, chunked.used_mask)
+    assert torch.equal(whole.admitted_mask, chunked.admitted_mask)
