@@ -15,6 +15,8 @@ import logging
 import math
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -121,6 +123,7 @@ class TrackedRun:
         self._experiment_id: str | None = None
         self._active = False
         self._nan_keys: set[str] = set()
+        self._previous_sigterm: Any = None
 
     @property
     def run_id(self) -> str:
@@ -155,6 +158,7 @@ class TrackedRun:
         self._run_id = run.info.run_id
         self._active = True
         self._nan_keys = set()
+        self._previous_sigterm = _raise_on_sigterm()
 
         logger.info(
             "Started MLflow run %s (%s) in experiment %r (id %s) at %s. Artifacts go to %s.",
@@ -175,6 +179,8 @@ class TrackedRun:
     ) -> bool:
         client, run_id = self._require_active()
         self._active = False
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
 
         status = RunStatus.to_string(RunStatus.FINISHED if exc_type is None else RunStatus.FAILED)
         if exc_type is not None:
@@ -360,3 +366,23 @@ def describe_error(exc_type: type[BaseException], exc_value: BaseException | Non
     if root is not None and root is not exc_value:
         message += f" (caused by {describe(type(root), root)})"
     return message
+
+
+class RunTerminated(Exception):
+    """Raised inside a :class:`TrackedRun` when the process receives SIGTERM (for example from a job scheduler)."""
+
+
+def _raise_on_sigterm():
+    """Make SIGTERM raise :class:`RunTerminated` so the run ends FAILED; return the previous handler.
+
+    Python's default SIGTERM handling ends the process without unwinding, which would leave the
+    MLflow run RUNNING forever. Signal handlers can only be set from the main thread; elsewhere
+    nothing changes and None is returned.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handle(signum: int, frame: Any) -> None:
+        raise RunTerminated(f"the process received signal {signal.Signals(signum).name}")
+
+    return signal.signal(signal.SIGTERM, handle)

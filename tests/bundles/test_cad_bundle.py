@@ -145,3 +145,13 @@ def test_committed_trained_files_run_on_a_fresh_cohort(cohort, tmp_path):
     assert sorted(results["method"]) == ["discard", "dymo_cosine"]
     assert results["gamma"].tolist() == [0.3, 0.3]
     assert results["auc"].between(0, 1).all()
+
+
+def test_same_seeds_give_identical_results(cohort, tmp_path):
+    first = tmp_path / "first"
+    second = tmp_path / "second"
+    for output in (first, second):
+        sweep(cohort, output, "--methods", '["impute_all","dymo_cosine"]', gammas=[0.5])
+
+    assert (first / "results.csv").read_bytes() == (second / "results.csv").read_bytes()
+    assert (first / "subjects.csv").read_bytes() == (second / "subjects.csv").read_bytes()

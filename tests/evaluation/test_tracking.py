@@ -6,13 +6,16 @@ Creating a SQLite store runs MLflow's migrations (about 1-2 s), so most tests sh
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.evaluation import TrackedRun, resolve_tracking_uri
-from pipeline.evaluation.tracking import ERROR_TAG, MAX_ERROR_TAG_LENGTH
+from pipeline.evaluation.tracking import ERROR_TAG, MAX_ERROR_TAG_LENGTH, RunTerminated
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +111,21 @@ def test_failed_run_tag_names_root_cause(store, client) -> None:
     tag = client.get_run(tracked.run_id).data.tags[ERROR_TAG]
     assert tag.startswith("RuntimeError: applying transform LoadModalityImaged")
     assert tag.endswith("(caused by OSError: /cohort/images/s1.nii.gz: cannot read the image data)")
+
+
+def test_sigterm_marks_run_failed_and_restores_handler(store, client) -> None:
+    tracked = TrackedRun("failing", "run-sigterm", store[1])
+    before = signal.getsignal(signal.SIGTERM)
+
+    with pytest.raises(RunTerminated, match="SIGTERM"):
+        with tracked:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+
+    stored = client.get_run(tracked.run_id)
+    assert stored.info.status == "FAILED"
+    assert "SIGTERM" in stored.data.tags[ERROR_TAG]
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_keyboard_interrupt_marks_run_failed(store, client) -> None:
