@@ -79,7 +79,13 @@ def plot_metric_by_rate(
 
     output = Path(path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, format="png", dpi=150)
+    # Written next to its final name and then renamed, so an interrupted run leaves no partial image.
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        figure.savefig(partial, format="png", dpi=150)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
     logger.info("Saved plot of %s by %s for %d methods to %s.", metric, rate, results[method].nunique(), output)
     return output
 

@@ -56,7 +56,13 @@ def save_imputer(imputer: TabularImputer | ImageTokenImputer | MoPoEImputer, pat
     if isinstance(imputer, _torch_imputer_classes()):
         return imputer.save(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sio.dump(imputer, path)
+    # Written next to its final name and then renamed, so an interrupted save leaves no partial file.
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        sio.dump(imputer, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     logger.info("saved %s to %s.", type(imputer).__name__, path)
     return path
 

@@ -138,3 +138,19 @@ def test_imputer_format_without_contents_rejected(tmp_path):
 
     with pytest.raises(ValueError, match="fake.pt: the contents do not match the checksum"):
         load_imputer(path)
+
+
+def test_interrupted_save_leaves_old_file_and_no_partial(table, tmp_path, monkeypatch):
+    path = save_imputer(MeanModeImputer().fit(table, [3, 3]), tmp_path / "mean.skops")
+    before = path.read_bytes()
+
+    def interrupted_dump(obj, file):
+        Path(file).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sio, "dump", interrupted_dump)
+    with pytest.raises(KeyboardInterrupt):
+        save_imputer(MeanModeImputer().fit(table, [3, 3]), path)
+
+    assert path.read_bytes() == before
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["mean.skops"]
