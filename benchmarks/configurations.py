@@ -135,6 +135,6 @@ def exact_missing_mask(batch_size: int, num_modalities: int, num_missing: int, g
 def random_missing_mask(batch_size: int, num_modalities: int, eta: float, generator: torch.Generator) -> torch.Tensor:
     """Return a presence mask ``(B, M)``: each modality missing with probability ``eta``, one random modality kept."""
     present = torch.rand(batch_size, num_modalities, generator=generator) >= eta
-    kept = torch.randint(num_modalities, (batch_size,), generator=generator)
-    present[torch.arange(batch_size), kept] = True
+    always_present = torch.randint(num_modalities, (batch_size,), generator=generator)
+    present[torch.arange(batch_size), always_present] = True
     return present

@@ -63,7 +63,11 @@ def median_time(function, repeats: int) -> float:
 
 
 def cad_tokens() -> tuple:
-    """Tokens, start and candidate masks of the CAD test split at gamma 0.5, from the committed files."""
+    """Return the selector, tokens and start and candidate masks of the CAD test split at gamma 0.5.
+
+    NOTE: it calls private methods of ``MissingTableSweep`` to rebuild the sweep's tokens, so a
+    change there can break this benchmark; the smoke test runs only ``--quick``, which skips it.
+    """
     from pipeline.imputation import load_imputer
     from pipeline.selection import DyMoSelector
     from pipeline.workflows import MissingTableSweep
@@ -72,8 +76,14 @@ def cad_tokens() -> tuple:
         "cohorts/cad_demo/manifest.csv", "configs/cad_demo.yaml", "bundles/cad/models", "/tmp/main_job_unused",
         "/tmp/main_job_cache", methods=["dymo_cosine"],
     )
-    from pipeline.workflows.cohort_data import SplitLoader, cohort_layout, load_encoders, open_cohort, read_table_mask
     from pipeline.imputation import recover_batch
+    from pipeline.workflows.cohort_data import (
+        SplitLoader,
+        cohort_layout,
+        load_encoders,
+        open_cohort,
+        read_table_mask,
+    )
 
     manifest = open_cohort(sweep.manifest_path, sweep.schema_path)
     layout = cohort_layout(manifest, sweep.spatial_shape)

@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
-from benchmarks.configurations import CONFIGURATIONS, exact_missing_mask, make_batch, random_missing_mask
+from benchmarks.configurations import (
+    CONFIGURATIONS,
+    exact_missing_mask,
+    make_batch,
+    random_missing_mask,
+)
 from benchmarks.selection_speed import ETA
 from pipeline.networks import MaskedFusionTransformer
 from pipeline.selection import DyMoSelector, fit_subset_prototypes

@@ -4,8 +4,8 @@ For each configuration, batch size and missing-modality pattern, three things ru
 process, interleaved (a, b, c, a, b, c, ...) after a warm-up, and the median time of each is
 reported:
 
-(a) one plain forward pass of the network with every modality, recovered ones included;
-(b) :class:`~pipeline.selection.DyMoSelector`, which encodes once and repeats only the fusion;
+(a) one plain forward pass of the network with every modality, recovered ones included.
+(b) :class:`~pipeline.selection.DyMoSelector`. It encodes once and repeats only the fusion.
 (c) :func:`benchmarks.published_loop.published_loop_select`. At every greedy step it runs full
     network passes for the current mask and for each candidate mask.
 

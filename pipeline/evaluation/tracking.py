@@ -83,8 +83,10 @@ class TrackedRun:
 
     Every ``with`` block creates a new run, so a finished run is never resumed. On normal exit the
     run ends as FINISHED. When the block raises (``KeyboardInterrupt`` included), the run gets the
-    tag ``error`` (``"<ExceptionType>: <message>"``, or the type alone for an empty message, at most
-    5000 characters), ends as FAILED, and the exception propagates.
+    tag ``error`` (``"<ExceptionType>: <message>"``, or the type alone for an empty message, then
+    ``(caused by ...)`` with the innermost chained exception; at most 5000 characters), ends as
+    FAILED, and the exception propagates. While the run is active in the main thread, SIGTERM
+    raises :class:`RunTerminated`, so a stopped job also ends FAILED.
 
     A new experiment on a SQLite store keeps its artifacts in ``<folder of the .db>/mlartifacts/
     <experiment name>``. Without this, MLflow 3.17.2 puts them in ``./mlruns/<experiment id>``

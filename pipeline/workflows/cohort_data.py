@@ -347,10 +347,10 @@ def check_table_masks(
     paths = [Path(cohort_dir) / MASK_FOLDER / mask_filename("tabular", gamma, seed, mode) for gamma in gammas if gamma > 0]
     missing = [str(path) for path in paths if not path.is_file()]
     if missing:
-        wanted = " ".join(f"{gamma:.2f}" for gamma in gammas if gamma > 0)
+        requested = " ".join(f"{gamma:.2f}" for gamma in gammas if gamma > 0)
         raise FileNotFoundError(
             f"no missingness mask at {', '.join(missing)}. Write the masks once with `python -m pipeline write-masks "
-            f"--manifest {manifest.path} --schema {schema_path} --gammas {wanted} --seeds {seed}`, or "
+            f"--manifest {manifest.path} --schema {schema_path} --gammas {requested} --seeds {seed}`, or "
             "pick gammas that have masks with --gammas."
         )
     return paths

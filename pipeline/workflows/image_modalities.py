@@ -282,12 +282,14 @@ class ModalitySweep:
         run_name: str | None = None,
     ) -> None:
         self.etas = _checked_etas(etas)
+
         known = METHODS + ABLATION_METHODS
         unknown = sorted(set(methods) - set(known))
         if unknown or not methods:
             raise ValueError(f"unknown methods {unknown}; choose from {list(known)}.")
         if subject_limit is not None and int(subject_limit) < 2:
             raise ValueError(f"subject_limit must be at least 2 subjects or None, got {subject_limit!r}.")
+
         self.calibration = dict(DEFAULT_CALIBRATION, **dict(calibration or {}))
         bad = {key: value for key, value in self.calibration.items() if key not in EMBEDDINGS or value not in CALIBRATION_RULES}
         if bad:
@@ -295,6 +297,7 @@ class ModalitySweep:
                 f"--calibration: {bad} is not valid; give a rule from {list(CALIBRATION_RULES)} per embedding "
                 f"{list(EMBEDDINGS)}, for example --calibration '{{\"cosine\": \"ratio\"}}'."
             )
+
         self.manifest_path = Path(manifest)
         self.schema_path = Path(schema)
         self.models_dir = Path(models_dir)
@@ -367,8 +370,8 @@ class ModalitySweep:
                 results.extend(rows)
                 records.append(frame)
                 if eta == max(self.etas):
-                    shown = "dymo_cosine" if "dymo_cosine" in outputs else next(iter(outputs))
-                    examples = (images, recovered, observed, outputs[shown], shown)
+                    pictured = "dymo_cosine" if "dymo_cosine" in outputs else next(iter(outputs))
+                    examples = (images, recovered, observed, outputs[pictured], pictured)
                 logger.info(
                     "eta %.2f done in %.1f s: %s", eta, time.perf_counter() - step_started,
                     ", ".join(f"{row['method']} {row['accuracy']:.3f}" for row in rows),
@@ -380,8 +383,8 @@ class ModalitySweep:
                 run.log_artifact(path)
             run.log_metrics({"seconds": time.perf_counter() - started}, step=0)
 
-        shown = table.to_string(index=False, float_format=lambda value: f"{value:.3f}")
-        logger.info("Results (%.0f s):\n%s", time.perf_counter() - started, shown)
+        formatted = table.to_string(index=False, float_format=lambda value: f"{value:.3f}")
+        logger.info("Results (%.0f s):\n%s", time.perf_counter() - started, formatted)
         logger.info("Wrote %s; MLflow store %s, experiment %s, run %s.", ", ".join(str(p) for p in paths), tracking_uri, self.experiment, self.run_name)
         return table
 
@@ -389,10 +392,10 @@ class ModalitySweep:
         paths = {eta: Path(manifest.path).parent / MASK_FOLDER / mask_filename("modality", eta, self.mask_seed) for eta in self.etas if eta > 0}
         missing = [str(path) for path in paths.values() if not path.is_file()]
         if missing:
-            wanted = " ".join(f"{eta:.2f}" for eta in self.etas if eta > 0)
+            requested = " ".join(f"{eta:.2f}" for eta in self.etas if eta > 0)
             raise FileNotFoundError(
                 f"no missingness mask at {', '.join(missing)}. Write the masks once with `python -m pipeline write-masks "
-                f"--manifest {manifest.path} --schema {self.schema_path} --etas {wanted} --seeds {self.mask_seed}`, or "
+                f"--manifest {manifest.path} --schema {self.schema_path} --etas {requested} --seeds {self.mask_seed}`, or "
                 "pick etas that have masks with --etas."
             )
         return paths
@@ -585,6 +588,7 @@ def _plot_examples(
     images, recovered, observed, output = examples
     # Subjects spread over the split, which is sorted by class in the repository cohorts.
     rows = np.unique(np.linspace(0, len(subject_ids) - 1, min(count, len(subject_ids))).round().astype(int))
+
     modalities = len(layout.images)
     figure = Figure(figsize=(1.6 * modalities, 1.8 * len(rows)))
     axes = figure.subplots(len(rows), modalities, squeeze=False)
@@ -597,6 +601,7 @@ def _plot_examples(
             axis.imshow(picture.T, cmap="gray")
             axis.set_xticks([])
             axis.set_yticks([])
+
             if is_observed:
                 state, colour = "observed", "black"
             elif bool(output.admitted_mask[row, column]):
@@ -608,6 +613,7 @@ def _plot_examples(
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(2)
         axes[position][0].set_ylabel(f"{subject_ids[row]}\nlabel {int(labels[row])}, pred {predicted}", fontsize=7)
+
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     partial = path.with_name(path.name + ".partial.png")

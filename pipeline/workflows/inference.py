@@ -43,6 +43,7 @@ from pipeline.evaluation.tracking import TrackedRun
 from pipeline.imputation import load_imputer, recover_batch
 from pipeline.networks import MaskedFusionTransformer
 from pipeline.selection import DyMoSelector, SubsetPrototypes
+from pipeline.selection.reward import CALIBRATION_RULES
 from pipeline.training import load_checkpoint
 from pipeline.workflows.cohort_data import (
     ENCODERS_FILE,
@@ -141,6 +142,7 @@ class MissingTableSweep:
         run_name: str | None = None,
     ) -> None:
         self.gammas = _checked_gammas(gammas)
+
         unknown = sorted(set(methods) - set(METHODS))
         if unknown or not methods:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)} (for example --methods \"['discard','dymo_cosine']\").")
@@ -150,6 +152,9 @@ class MissingTableSweep:
             raise ValueError(f"mask_mode must be 'value' or 'feature', got {mask_mode!r}.")
         if subject_limit is not None and int(subject_limit) < 2:
             raise ValueError(f"subject_limit must be at least 2 subjects or None, got {subject_limit!r}.")
+        if calibration not in CALIBRATION_RULES:
+            raise ValueError(f"--calibration must be one of {list(CALIBRATION_RULES)}, got {calibration!r}.")
+
         self.manifest_path = Path(manifest)
         self.schema_path = Path(schema)
         self.models_dir = Path(models_dir)
@@ -481,7 +486,7 @@ def _rate(used: pd.Series, candidate: pd.Series) -> float:
 
 
 def _format_table(table: pd.DataFrame) -> str:
-    shown = table.copy()
+    formatted = table.copy()
     for column in ("auc", "auc_low", "auc_high", "accuracy", "selected_table", "selected_image"):
-        shown[column] = shown[column].map(lambda value: f"{value:.3f}")
-    return shown.to_string(index=False)
+        formatted[column] = formatted[column].map(lambda value: f"{value:.3f}")
+    return formatted.to_string(index=False)

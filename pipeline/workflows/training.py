@@ -401,15 +401,15 @@ def _concatenate(batches: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _take(joined: Mapping[str, Any], rows: torch.Tensor) -> dict[str, Any]:
-    taken: dict[str, Any] = {}
+    selected: dict[str, Any] = {}
     for key, value in joined.items():
         if isinstance(value, torch.Tensor):
-            taken[key] = value[rows]
+            selected[key] = value[rows]
         elif isinstance(value, Mapping):
-            taken[key] = {name: tensor[rows] for name, tensor in value.items()}
+            selected[key] = {name: tensor[rows] for name, tensor in value.items()}
         else:
-            taken[key] = [value[int(row)] for row in rows]
-    return taken
+            selected[key] = [value[int(row)] for row in rows]
+    return selected
 
 
 def _to(table: Mapping[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Smoke runs of the speed benchmarks with ``--quick``: they finish, agree and print the expected lines.
 
-No timing is asserted, because the timings of a quick run on tiny batches say nothing about speed.
+No timing is asserted, because a quick run on tiny batches does not measure speed.
 """
 
 from __future__ import annotations

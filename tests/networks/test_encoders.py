@@ -194,7 +194,7 @@ def test_image_encoder_rejects_zero_channels():
         ImageEncoder(in_channels=0)
 
 
-def test_small_input_stem_keeps_distinct_tokens_for_28_pixel_images():
+def test_small_stem_distinct_tokens():
     torch.manual_seed(0)
     standard = ImageEncoder("2d", backbone="resnet10", widths=(4, 8, 8, 16), token_grid=(2, 2)).eval()
     small = ImageEncoder("2d", backbone="resnet10", widths=(4, 8, 8, 16), token_grid=(2, 2), small_input_stem=True).eval()

@@ -1,4 +1,4 @@
-"""Regrouping of preloaded training batches so that BatchNorm never sees a single image."""
+"""Regrouping of preloaded training batches so that no batch gives BatchNorm a single image."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_no_batch_holds_one_image(count, images, batch_size):
         assert sum(image_counts) == images
 
 
-def test_every_subject_once_per_epoch_with_its_own_fields():
+def test_shuffler_keeps_each_subject_once():
     shuffler = _EpochShuffler(preloaded(100, 30, 16), seed=0)
 
     batches = list(shuffler)
