@@ -73,9 +73,10 @@ class Problem:
 class ManifestError(ValueError):
     """Manifest that cannot be used; ``problems`` lists every finding."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], advice: str = "") -> None:
         self.problems = list(problems)
-        super().__init__(f"{len(self.problems)} problem(s) in the manifest:\n" + "\n".join(f"  {p}" for p in self.problems))
+        text = f"{len(self.problems)} problem(s) in the manifest:\n" + "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{text}\n{advice}" if advice else text)
 
 
 @dataclass
@@ -96,6 +97,8 @@ class Manifest:
       pandas ``string`` with ``pd.NA`` for missing.
 
     Columns the schema does not name are listed in ``extra_columns`` and left out of ``frame``.
+    ``left_out`` holds the ids of subjects a job removed from ``frame`` because their data could
+    not be used; files written for the whole cohort (the missingness masks) still list them.
     """
 
     path: Path
@@ -104,6 +107,7 @@ class Manifest:
     problems: list[Problem] = field(default_factory=list)
     extra_columns: tuple[str, ...] = ()
     has_split_column: bool = True
+    left_out: tuple[str, ...] = ()
 
     @property
     def split_column(self) -> str:

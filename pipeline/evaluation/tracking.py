@@ -11,6 +11,7 @@ once before parallel runs, or point ``MLFLOW_TRACKING_URI`` at one ``mlflow serv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -154,9 +155,10 @@ class TrackedRun:
             )
 
         self._create_sqlite_folder()
-        self._client = MlflowClient(tracking_uri=self._tracking_uri)
-        self._experiment_id = self._get_or_create_experiment(self._client)
-        run = self._client.create_run(self._experiment_id, run_name=self._run_name, tags=self._tags)
+        with self._writing_store():
+            self._client = MlflowClient(tracking_uri=self._tracking_uri)
+            self._experiment_id = self._get_or_create_experiment(self._client)
+            run = self._client.create_run(self._experiment_id, run_name=self._run_name, tags=self._tags)
         self._run_id = run.info.run_id
         self._active = True
         self._nan_keys = set()
@@ -211,8 +213,9 @@ class TrackedRun:
             Param(str(key), _truncate(str(value), MAX_PARAM_VAL_LENGTH, f"parameter {key!r}"))
             for key, value in params.items()
         ]
-        for start in range(0, len(entries), MAX_PARAMS_TAGS_PER_BATCH):
-            client.log_batch(run_id, params=entries[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+        with self._writing_store():
+            for start in range(0, len(entries), MAX_PARAMS_TAGS_PER_BATCH):
+                client.log_batch(run_id, params=entries[start : start + MAX_PARAMS_TAGS_PER_BATCH])
 
     def log_metric(self, key: str, value: float, step: int) -> None:
         """Log one metric value at ``step``. NaN is logged too, with one warning per key."""
@@ -236,8 +239,9 @@ class TrackedRun:
                 )
             entries.append(Metric(key=str(key), value=value, timestamp=timestamp, step=int(step)))
 
-        for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=entries[start : start + MAX_METRICS_PER_BATCH])
+        with self._writing_store():
+            for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
+                client.log_batch(run_id, metrics=entries[start : start + MAX_METRICS_PER_BATCH])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy the file or folder at ``path`` into the run's artifacts, under ``artifact_path`` if given."""
@@ -253,6 +257,21 @@ class TrackedRun:
         """Set a run tag, converting the value to ``str`` and truncating it to 8000 characters with a warning."""
         client, run_id = self._require_active()
         client.set_tag(run_id, str(key), _truncate(str(value), MAX_TAG_VAL_LENGTH, f"tag {key!r}"))
+
+    @contextlib.contextmanager
+    def _writing_store(self) -> Iterator[None]:
+        """Turn SQLite's reply to a full disk ("disk I/O error", "database or disk is full") into an error naming the store."""
+        try:
+            yield
+        except Exception as error:
+            text = " ".join(str(link) for link in _error_chain(error))
+            if not any(sign in text for sign in _STORE_FULL_SIGNS):
+                raise
+            raise TrackingStoreError(
+                f"cannot write the MLflow store {self._tracking_uri}: {type(error).__name__}: {str(error).splitlines()[0]}. "
+                "SQLite reports a full disk (or a file size limit) this way: free space on the disk that holds the "
+                "store, or point --tracking_store (or MLFLOW_TRACKING_URI) at another disk, then run again."
+            ) from error
 
     def _require_active(self) -> tuple[MlflowClient, str]:
         if not self._active or self._client is None or self._run_id is None:
@@ -362,12 +381,34 @@ def describe_error(exc_type: type[BaseException], exc_value: BaseException | Non
     message = describe(exc_type, exc_value)
     root = exc_value
     seen = set()
-    while root is not None and id(root) not in seen and (root.__cause__ or root.__context__) is not None:
+    while root is not None and id(root) not in seen and _wrapped(root) is not None:
         seen.add(id(root))
-        root = root.__cause__ or root.__context__
+        root = _wrapped(root)
     if root is not None and root is not exc_value:
         message += f" (caused by {describe(type(root), root)})"
     return message
+
+
+def _wrapped(error: BaseException) -> BaseException | None:
+    """Return the exception ``error`` was raised from or while handling, unless ``raise ... from None`` hid it."""
+    if error.__cause__ is not None:
+        return error.__cause__
+    return None if error.__suppress_context__ else error.__context__
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+    chain = [error]
+    while len(chain) < 50 and _wrapped(chain[-1]) is not None:
+        chain.append(_wrapped(chain[-1]))
+    return chain
+
+
+# SQLite's messages for a write that finds no room: ENOSPC gives the second, a file size limit the first.
+_STORE_FULL_SIGNS = ("disk I/O error", "database or disk is full")
+
+
+class TrackingStoreError(RuntimeError):
+    """The MLflow store could not be written, most often because its disk is full."""
 
 
 class RunTerminated(Exception):

@@ -107,6 +107,9 @@ class TokenImputer(ImageTokenImputer):
         source_mean_, source_scale_: ``(F,)`` statistics that standardise the pooled source.
         best_epoch_: epoch whose weights were kept, 0 for the initial mean-token weights.
         history_: per epoch, ``{"train_loss": ..., "validation_loss": ...}``.
+        fitted_for_: fingerprint of the network whose token space the imputer learned
+            (:func:`~pipeline.networks.network_fingerprint`), set by the caller after :meth:`fit`
+            and saved with the imputer, so that a file paired with another network is caught; or None.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class TokenImputer(ImageTokenImputer):
                 fewer than 2 subjects with an image, or a parameter outside its range.
         """
         self._check_parameters()
+        self.fitted_for_ = None
         tokens, present = _checked_tokens(tokens, present)
         source = _checked_source(source, len(tokens), None)
         if int(present.sum()) < 2:
@@ -198,6 +202,7 @@ class TokenImputer(ImageTokenImputer):
             "format": TOKEN_IMPUTER_FORMAT,
             "version": TOKEN_IMPUTER_VERSION,
             "params": params,
+            "fitted_for": getattr(self, "fitted_for_", None),
             "source_shape": list(self.source_shape_),
             "source_mean": torch.from_numpy(self.source_mean_.copy()),
             "source_scale": torch.from_numpy(self.source_scale_.copy()),
@@ -227,6 +232,7 @@ class TokenImputer(ImageTokenImputer):
             imputer.source_scale_ = contents["source_scale"].numpy()
             imputer.best_epoch_ = int(contents["best_epoch"])
             imputer.history_ = list(contents["history"])
+            imputer.fitted_for_ = contents.get("fitted_for")
             mean_tokens = torch.zeros(int(contents["num_tokens"]), int(contents["token_dim"]))
             network = imputer._build_network(len(imputer.source_mean_), mean_tokens)
             network.load_state_dict(contents["state_dict"])

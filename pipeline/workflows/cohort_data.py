@@ -9,23 +9,29 @@ the CAD setting (a cardiac cine and a clinical table).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from monai.data import DataLoader, Dataset, list_data_collate
 from monai.transforms import Compose
+from nibabel.filebasedimages import ImageFileError
+from pydicom.errors import InvalidDicomError
 
+from pipeline import distributed
 from pipeline.data.cohort_masks import MASK_FOLDER, write_cohort_masks
 from pipeline.data.cohorts import build_cohort
 from pipeline.data.dataset import fit_tabular_encoders, presence_matrix, subject_items
-from pipeline.data.manifest import Manifest, read_manifest
+from pipeline.data.manifest import Manifest, ManifestError, read_manifest
 from pipeline.data.missingness import mask_filename, read_mask
 from pipeline.data.tabular import TabularEncoder
 from pipeline.data.transforms import (
@@ -37,6 +43,35 @@ from pipeline.data.transforms import (
 logger = logging.getLogger(__name__)
 
 ENCODERS_FILE = "tabular_encoders.json"
+
+# Choices for a subject whose image or table value cannot be used: stop the job, or leave it out.
+BAD_SUBJECT_POLICIES = ("error", "skip")
+
+# Errors raised by reading a broken, truncated or missing image file (as opposed to a bug).
+IMAGE_READ_ERRORS = (ValueError, OSError, EOFError, zlib.error, ImageFileError, InvalidDicomError)
+
+EXCLUSION_COLUMNS = ["subject_id", "split", "field", "reason"]
+
+
+class SubjectDataError(ValueError):
+    """A subject's image or table value cannot be used; the message names the file, subject and field."""
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A subject left out of a run because one of its values could not be used.
+
+    Attributes:
+        subject_id: the manifest's subject id (never a DICOM attribute).
+        split: the subject's split, or None when the split cell itself is invalid.
+        field: the manifest column (or image modality) whose value failed.
+        reason: what failed, with the file and, for a table value, the row.
+    """
+
+    subject_id: str
+    split: str | None
+    field: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -123,6 +158,75 @@ def open_cohort(
         # The same masks `python -m pipeline build-cohort` writes, so both ways give one cohort.
         write_cohort_masks(read_manifest(manifest_path, schema_path, strict=True), manifest_path.parent)
     return read_manifest(manifest_path, schema_path)
+
+
+def check_bad_subject_policy(policy: str) -> str:
+    """Return ``policy`` when it is one of :data:`BAD_SUBJECT_POLICIES`, else raise a ValueError saying what to pass."""
+    if policy not in BAD_SUBJECT_POLICIES:
+        raise ValueError(
+            f"on_bad_subject must be one of {list(BAD_SUBJECT_POLICIES)}, got {policy!r}: 'error' stops at the first "
+            "subject whose image or table value cannot be used, 'skip' leaves such subjects out and lists them."
+        )
+    return policy
+
+
+def drop_bad_rows(manifest: Manifest, on_bad_subject: str = "error") -> tuple[Manifest, list[Exclusion]]:
+    """Check the manifest's errors: raise them all, or leave out the subjects they concern.
+
+    Warnings (a value outside its plausible range read as missing, for example) are logged and
+    kept. An error of a whole file or column (no row) always raises, because no subject can be
+    left out to fix it.
+
+    Args:
+        manifest: the cohort, as read with its problems.
+        on_bad_subject: ``"error"`` raises every error at once; ``"skip"`` removes the rows with
+            an error and returns them as exclusions.
+
+    Returns:
+        The manifest without the excluded rows, and the exclusions in row order.
+
+    Raises:
+        ManifestError: an error was found and ``on_bad_subject`` is ``"error"``, or an error has
+            no row. The message lists every error with its file, row and column.
+    """
+    check_bad_subject_policy(on_bad_subject)
+    for problem in manifest.problems:
+        if problem.severity == "warning":
+            logger.warning("%s", problem)
+    errors = manifest.errors
+    if not errors:
+        return manifest, []
+    if any(problem.row is None for problem in errors):
+        raise ManifestError(errors)
+    if on_bad_subject == "error":
+        raise ManifestError(
+            errors, "Correct these cells, or pass --on_bad_subject skip to leave these subjects out (they are "
+            "listed in the run's report)."
+        )
+
+    frame = manifest.frame
+    id_column = manifest.schema.subject_id_column
+    exclusions: dict[int, Exclusion] = {}
+    for problem in sorted(errors, key=lambda problem: problem.row):
+        position = problem.row - 1
+        if position in exclusions:
+            continue
+        subject = frame[id_column].iloc[position]
+        split = frame[manifest.split_column].iloc[position]
+        exclusion = Exclusion(
+            subject_id=str(subject) if isinstance(subject, str) and subject else f"row {problem.row}",
+            split=split if isinstance(split, str) else None,
+            field=problem.column or "",
+            reason=f"{problem.location}: {problem.message}",
+        )
+        exclusions[position] = exclusion
+        logger.warning("Leaving out subject %s: %s", exclusion.subject_id, exclusion.reason)
+
+    kept = frame.drop(index=frame.index[sorted(exclusions)]).reset_index(drop=True)
+    remaining = [problem for problem in manifest.problems if problem.severity != "error"]
+    left_out = tuple(str(subject) for subject in frame[id_column].iloc[sorted(exclusions)])
+    manifest = dataclasses.replace(manifest, frame=kept, problems=remaining, left_out=manifest.left_out + left_out)
+    return manifest, list(exclusions.values())
 
 
 def cohort_layout(manifest: Manifest, spatial_shape: Sequence[int], with_table: bool = True) -> CohortLayout:
@@ -227,6 +331,12 @@ class SplitLoader:
         layout: the cohort's modalities.
         cache_dir: folder for NIfTI files converted from DICOM series.
         batch_size: subjects per batch.
+        on_bad_subject: ``"error"`` stops at the first image that cannot be read with a
+            :class:`SubjectDataError` naming the file, subject and manifest column; ``"skip"``
+            leaves the subject out with a warning and records it in :attr:`exclusions`.
+
+    Attributes:
+        exclusions: subjects left out while reading images, in the order they were met.
     """
 
     def __init__(
@@ -236,20 +346,27 @@ class SplitLoader:
         layout: CohortLayout,
         cache_dir: str | Path,
         batch_size: int = 32,
+        on_bad_subject: str = "error",
     ) -> None:
         self.manifest = manifest
         self.encoders = dict(encoders)
         self.layout = layout
         self.cache_dir = Path(cache_dir)
         self.batch_size = batch_size
-        steps = []
-        for image in manifest.schema.images:
-            steps += [
-                LoadModalityImaged(keys=[image.modality], cache_dir=self.cache_dir, series_rule=image.series_rule, kind=layout.kind),
-                MarkAbsentModalityd(keys=[image.modality], spatial_shape=layout.spatial_shape),
-                image_preprocessing(keys=[image.modality], spatial_shape=layout.spatial_shape, kind=layout.kind),
-            ]
-        self.transform = Compose(steps)
+        self.on_bad_subject = check_bad_subject_policy(on_bad_subject)
+        self.exclusions: list[Exclusion] = []
+        # One chain per image modality, so a failure names the modality's manifest column.
+        self.image_steps = {
+            image.modality: (
+                image.column,
+                Compose([
+                    LoadModalityImaged(keys=[image.modality], cache_dir=self.cache_dir, series_rule=image.series_rule, kind=layout.kind),
+                    MarkAbsentModalityd(keys=[image.modality], spatial_shape=layout.spatial_shape),
+                    image_preprocessing(keys=[image.modality], spatial_shape=layout.spatial_shape, kind=layout.kind),
+                ]),
+            )
+            for image in manifest.schema.images
+        }
 
     def items(self, split: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Return the uncollated items of ``split`` in manifest order, or ``limit`` of them spread evenly over it.
@@ -266,31 +383,109 @@ class SplitLoader:
         return items
 
     def loader(
-        self, split: str, shuffle: bool = False, drop_last: bool = False, seed: int = 0, limit: int | None = None
-    ) -> DataLoader:
-        """Return a re-iterable DataLoader over ``split``; each batch has ``present`` as a ``(B, M)`` mask."""
+        self,
+        split: str,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        limit: int | None = None,
+        shard: bool = False,
+    ) -> _Batches:
+        """Return the re-iterable batches of ``split``; each batch has ``present`` as a ``(B, M)`` mask.
+
+        With ``shard=True`` only this process's share of the subjects is read
+        (:func:`pipeline.distributed.shard` of the manifest-ordered subjects, after ``limit``).
+        Subjects left out under ``on_bad_subject="skip"`` make their batch smaller; a batch
+        left empty is not yielded.
+        """
+        items = self.items(split, limit)
+        if shard:
+            items = distributed.shard(items)
         generator = torch.Generator().manual_seed(seed)
-        dataset = Dataset(self.items(split, limit), transform=self.transform)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=0,
-            generator=generator,
-            collate_fn=self._collate,
+        dataset = Dataset(items, transform=self._load_subject)
+        return _Batches(
+            DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                shuffle=shuffle,
+                drop_last=drop_last,
+                num_workers=0,
+                generator=generator,
+                collate_fn=self._collate,
+            )
         )
 
-    def preload(self, split: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """Read every batch of ``split`` (or ``limit`` subjects of it) once and keep them in memory."""
-        batches = list(self.loader(split, limit=limit))
+    def preload(self, split: str, limit: int | None = None, shard: bool = False) -> list[dict[str, Any]]:
+        """Read every batch of ``split`` (or ``limit`` subjects of it, or this process's share) once and keep them."""
+        batches = list(self.loader(split, limit=limit, shard=shard))
         logger.info("Loaded split %r: %d subjects in %d batches.", split, sum(len(b["label"]) for b in batches), len(batches))
         return batches
 
-    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def _load_subject(self, item: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Read and prepare one subject's images; on a broken file raise or record the exclusion."""
+        item = dict(item)
+        for modality, (column, steps) in self.image_steps.items():
+            path = item.get(modality)
+            try:
+                item = steps(item)
+            except Exception as error:
+                cause = next((link for link in _chain(error) if isinstance(link, IMAGE_READ_ERRORS)), None)
+                if cause is None:
+                    raise
+                detail = str(cause) if str(path) in str(cause) else f"{path}: {cause}"
+                reason = f"subject {item['subject_id']}, column {column!r} of {self.manifest.path}: {detail}"
+                if self.on_bad_subject == "error":
+                    raise SubjectDataError(
+                        f"{reason}. Replace or repair the file, clear the cell to mark the image absent, or pass "
+                        "--on_bad_subject skip to leave such subjects out (they are listed in the run's report)."
+                    ) from None
+                exclusion = Exclusion(str(item["subject_id"]), item.get("split"), column, reason)
+                self.exclusions.append(exclusion)
+                logger.warning("Leaving out subject %s: %s", exclusion.subject_id, reason)
+                return None
+        return item
+
+    def _collate(self, items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+        items = [item for item in items if item is not None]
+        if not items:
+            return None
         batch = list_data_collate(items)
         batch["present"] = presence_matrix(batch, self.layout.modality_names)
         return batch
+
+
+class _Batches:
+    """Re-iterable batches of a DataLoader, without the empty ones (every subject of a batch left out).
+
+    MONAI's Dataset wraps an error of the subject loader in ``RuntimeError: applying transform``;
+    a :class:`SubjectDataError` is raised as it is instead, since its message is complete.
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            for batch in self.loader:
+                if batch is not None:
+                    yield batch
+        except RuntimeError as error:
+            if isinstance(error.__cause__, SubjectDataError):
+                raise error.__cause__ from None
+            raise
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the errors it wraps, outermost first (MONAI wraps a transform's error in a RuntimeError)."""
+    chain = [error]
+    while len(chain) < 50 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return chain
+
+
+def exclusion_table(exclusions: Sequence[Exclusion]) -> pd.DataFrame:
+    """Return the exclusions as a table with :data:`EXCLUSION_COLUMNS`, one row per subject."""
+    return pd.DataFrame([dataclasses.asdict(exclusion) for exclusion in exclusions], columns=EXCLUSION_COLUMNS)
 
 
 def split_data(batches: Sequence[Mapping[str, Any]], layout: CohortLayout) -> SplitData:
@@ -326,7 +521,7 @@ def read_table_mask(
     if gamma == 0:
         return np.zeros((len(subject_ids), len(columns)), dtype=bool)
     path = check_table_masks(cohort_dir, manifest, [gamma], mode, seed)[0]
-    frame = read_mask(path, manifest.subject_ids, list(columns))
+    frame = read_mask(path, manifest.subject_ids + list(manifest.left_out), list(columns))
     frame = frame.set_index("subject_id").loc[list(subject_ids), list(columns)]
     return frame.to_numpy().astype(bool)
 

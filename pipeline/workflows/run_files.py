@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import subprocess
@@ -53,21 +54,72 @@ def report_failure(job: str) -> Iterator[None]:
     ``"inference job"``.
 
     MONAI's bundle runner wraps every error in ``RuntimeError: Failed to evaluate ...``, so this
-    line, printed just before the traceback, is where the user reads what went wrong.
+    line, printed just before the traceback, is where the user reads what went wrong. An error
+    that MONAI's data loading wrapped (``RuntimeError: applying transform ...``) is reported by
+    its cause alone, and a full disk gets the advice to free space.
     """
     try:
         yield
     except Exception as error:
-        logger.error("The %s failed: %s", job, describe_error(type(error), error))
+        logger.error("The %s failed: %s", job, _failure_message(error))
         raise
 
 
+# errno values of a write that found no room: disk full, quota exceeded, file size limit.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _failure_message(error: BaseException) -> str:
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 50:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    no_room = next((link for link in chain if isinstance(link, OSError) and link.errno in _NO_ROOM), None)
+    if no_room is not None:
+        where = f" while writing {no_room.filename}" if no_room.filename else ""
+        return (
+            f"no room left on the disk{where} ({no_room.strerror}). Free space on that disk or point the output options "
+            "(--output_dir, --models_dir, --cache_dir) at another disk, then run again; files already written are "
+            "complete, because every output is written to a temporary file and renamed."
+        )
+    wrapped = [link for link in chain if not (isinstance(link, RuntimeError) and str(link).startswith("applying transform"))]
+    reported = wrapped[0] if wrapped else error
+    return describe_error(type(reported), reported)
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` to ``path`` through a temporary file, so a reader never sees half a table."""
+    """Write ``frame`` to ``path`` through a temporary file, so a reader never sees half a table.
+
+    When the write fails (a full disk, for example) the temporary file is removed and an older
+    ``path`` is left as it was.
+    """
     partial = path.with_name(path.name + ".partial")
-    frame.to_csv(partial, index=False, float_format="%.6g", lineterminator="\n")
-    os.replace(partial, path)
+    try:
+        frame.to_csv(partial, index=False, float_format="%.6g", lineterminator="\n")
+        os.replace(partial, path)
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        _name_the_file(error, path)
+        raise
     return path
+
+
+def write_text(text: str, path: Path) -> Path:
+    """Write UTF-8 ``text`` to ``path`` through a temporary file, like :func:`write_csv`."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        _name_the_file(error, path)
+        raise
+    return path
+
+
+def _name_the_file(error: BaseException, path: Path) -> None:
+    """Record ``path`` on an OSError that does not name its file (a failed ``write`` does not)."""
+    if isinstance(error, OSError) and error.filename is None:
+        error.filename = str(path)
 
 
 def code_version() -> str:

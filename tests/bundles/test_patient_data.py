@@ -1,8 +1,9 @@
 """No DICOM identifying attribute reaches any output of the CAD bundle.
 
-The test writes made-up identifying values into the DICOM cines of a cohort slice and runs the
-inference bundle. It then searches the console output and every file the run wrote for those
-values: results, reports, figures, the MLflow SQLite store and artifacts, the DICOM cache.
+The test writes made-up identifying values into the DICOM cines of a cohort slice, trains the
+bundle for a few epochs on it and runs inference with those trained files. It then searches the
+console output and every file both jobs wrote for those values: trained files, results,
+reports, figures, the MLflow SQLite store and artifacts, the DICOM cache.
 """
 
 from __future__ import annotations
@@ -34,6 +35,18 @@ IDENTIFYING = {
 }
 
 
+def run_bundle(config: str, *overrides: str) -> str:
+    """Run a bundle config in a subprocess and return its console output."""
+    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    environment["OMP_NUM_THREADS"] = "1"
+    completed = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"bundles/cad/{config}", *overrides],
+        cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout + completed.stderr
+
+
 @pytest.fixture(scope="module")
 def run_outputs(tmp_path_factory) -> tuple[Path, str]:
     folder = tmp_path_factory.mktemp("phi")
@@ -48,29 +61,30 @@ def run_outputs(tmp_path_factory) -> tuple[Path, str]:
             setattr(dataset, keyword, value)
         dataset.save_as(path)
 
-    output = folder / "eval"
-    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    environment["OMP_NUM_THREADS"] = "1"
-    completed = subprocess.run(
-        [
-            sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/cad/inference.json",
-            "--dataset_dir", str(cohort), "--output_dir", str(output), "--gammas", "[0.0,0.5]", "--n_bootstrap", "20",
-            # The slice has DICOM cines in its train and val splits only.
-            "--split", "train",
-        ],
-        cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=600,
+    # Both jobs write under `outputs`: the trained files, the cache, the results and the MLflow store.
+    outputs = folder / "outputs"
+    console = run_bundle(
+        "train.json", "--dataset_dir", str(cohort), "--models_dir", str(outputs / "models"),
+        "--output_dir", str(outputs / "eval"), "--trainer#max_epochs", "4", "--trainer#patience", "4",
+        "--batch_size", "16", "--token_imputer#max_epochs", "5", "--table_imputer#max_epochs", "5",
     )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return output, completed.stdout + completed.stderr
+    console += run_bundle(
+        "inference.json", "--dataset_dir", str(cohort), "--models_dir", str(outputs / "models"),
+        "--output_dir", str(outputs / "eval"), "--gammas", "[0.0,0.5]", "--n_bootstrap", "20",
+        # The slice has DICOM cines in its train and val splits only.
+        "--split", "train",
+    )
+    return outputs, console
 
 
 def test_dicom_cines_were_read(run_outputs):
     output, _ = run_outputs
-    converted = list((output / "image_cache").glob("*.nii.gz"))
+    converted = list((output / "eval" / "image_cache").glob("*.nii.gz"))
 
     assert converted
+    assert (output / "models" / "model_cosine.pt").is_file()
     # Subjects are named by their manifest id, which the search below must be able to find.
-    assert b"uci-0001" in (output / "subjects.csv").read_bytes()
+    assert b"uci-0001" in (output / "eval" / "subjects.csv").read_bytes()
 
 
 @pytest.mark.parametrize("keyword", sorted(IDENTIFYING))
