@@ -17,6 +17,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -162,17 +163,22 @@ class TrackedRun:
         self._run_id = run.info.run_id
         self._active = True
         self._nan_keys = set()
-        self._previous_sigterm = _raise_on_sigterm()
-
-        logger.info(
-            "Started MLflow run %s (%s) in experiment %r (id %s) at %s. Artifacts go to %s.",
-            self._run_id,
-            run.info.run_name,
-            self._experiment,
-            self._experiment_id,
-            self._tracking_uri,
-            run.info.artifact_uri,
-        )
+        self._previous_sigterm = None
+        try:
+            self._previous_sigterm = _raise_on_sigterm()
+            logger.info(
+                "Started MLflow run %s (%s) in experiment %r (id %s) at %s. Artifacts go to %s.",
+                self._run_id,
+                run.info.run_name,
+                self._experiment,
+                self._experiment_id,
+                self._tracking_uri,
+                run.info.artifact_uri,
+            )
+        except BaseException:
+            # An interruption here would skip __exit__ and leave the new run RUNNING.
+            self.__exit__(*sys.exc_info())
+            raise
         return self
 
     def __exit__(
@@ -411,8 +417,13 @@ class TrackingStoreError(RuntimeError):
     """The MLflow store could not be written, most often because its disk is full."""
 
 
-class RunTerminated(Exception):
-    """Raised inside a :class:`TrackedRun` when the process receives SIGTERM (for example from a job scheduler)."""
+class RunTerminated(BaseException):
+    """Raised inside a :class:`TrackedRun` when the process receives SIGTERM (for example from a job scheduler).
+
+    Like ``KeyboardInterrupt`` it is not an ``Exception``, so no ``except Exception`` on the way
+    swallows it; the logging module, for one, catches every ``Exception`` raised while a record
+    is written.
+    """
 
 
 def _raise_on_sigterm():
