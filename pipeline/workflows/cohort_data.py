@@ -229,6 +229,20 @@ def drop_bad_rows(manifest: Manifest, on_bad_subject: str = "error") -> tuple[Ma
     return manifest, list(exclusions.values())
 
 
+def log_job_plan(job: str, manifest: Manifest, **details: Any) -> None:
+    """Log, before any work, what a job will do: the cohort, its subjects per split, and ``details``.
+
+    Args:
+        job: what runs, for example ``"DyMo sweep"``.
+        manifest: the cohort.
+        details: further settings to list, such as ``methods``, ``gammas`` or ``output``.
+    """
+    splits = manifest.frame[manifest.split_column].value_counts()
+    counts = ", ".join(f"{split} {int(splits.get(split, 0))}" for split in ("train", "val", "test"))
+    listed = "".join(f", {name.replace('_', ' ')} {value}" for name, value in details.items())
+    logger.info("%s: cohort %s (subjects: %s)%s.", job, manifest.path, counts, listed)
+
+
 def cohort_layout(manifest: Manifest, spatial_shape: Sequence[int], with_table: bool = True) -> CohortLayout:
     """Check the cohort's modalities against the layout a workflow serves and describe them.
 
@@ -383,24 +397,14 @@ class SplitLoader:
         return items
 
     def loader(
-        self,
-        split: str,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        seed: int = 0,
-        limit: int | None = None,
-        shard: bool = False,
+        self, split: str, shuffle: bool = False, drop_last: bool = False, seed: int = 0, limit: int | None = None
     ) -> _Batches:
         """Return the re-iterable batches of ``split``; each batch has ``present`` as a ``(B, M)`` mask.
 
-        With ``shard=True`` only this process's share of the subjects is read
-        (:func:`pipeline.distributed.shard` of the manifest-ordered subjects, after ``limit``).
-        Subjects left out under ``on_bad_subject="skip"`` make their batch smaller; a batch
-        left empty is not yielded.
+        Subjects left out under ``on_bad_subject="skip"`` make their batch smaller; a batch left
+        empty is not yielded.
         """
         items = self.items(split, limit)
-        if shard:
-            items = distributed.shard(items)
         generator = torch.Generator().manual_seed(seed)
         dataset = Dataset(items, transform=self._load_subject)
         return _Batches(
@@ -415,9 +419,25 @@ class SplitLoader:
             )
         )
 
-    def preload(self, split: str, limit: int | None = None, shard: bool = False) -> list[dict[str, Any]]:
-        """Read every batch of ``split`` (or ``limit`` subjects of it, or this process's share) once and keep them."""
-        batches = list(self.loader(split, limit=limit, shard=shard))
+    def blocks(self, split: str, limit: int | None = None) -> Iterator[Block]:
+        """Yield this process's blocks of ``split``: the batches of :meth:`loader`, dealt out by position.
+
+        Block ``k`` holds the same subjects whatever the number of processes (manifest order,
+        ``batch_size`` per block, after ``limit``), and process ``r`` of ``N`` reads blocks
+        ``r, r + N, ...``. Every computation that runs block by block therefore gives the same
+        bits in one process as in several, since some kernels round differently with the batch size.
+        """
+        items = self.items(split, limit)
+        starts = range(0, len(items), self.batch_size)
+        for index in distributed.shard(range(len(starts))):
+            block = items[starts[index] : starts[index] + self.batch_size]
+            left_out = len(self.exclusions)
+            loaded = [self._load_subject(item) for item in block]
+            yield Block(index, self._collate(loaded), self.exclusions[left_out:])
+
+    def preload(self, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Read every batch of ``split`` (or ``limit`` subjects of it) once and keep them in memory."""
+        batches = list(self.loader(split, limit=limit))
         logger.info("Loaded split %r: %d subjects in %d batches.", split, sum(len(b["label"]) for b in batches), len(batches))
         return batches
 
@@ -452,6 +472,21 @@ class SplitLoader:
         batch = list_data_collate(items)
         batch["present"] = presence_matrix(batch, self.layout.modality_names)
         return batch
+
+
+@dataclass
+class Block:
+    """One block of a split, see :meth:`SplitLoader.blocks`.
+
+    Attributes:
+        index: position of the block in the split, from 0.
+        batch: the collated subjects, or None when every subject of the block was left out.
+        exclusions: the subjects of the block left out under ``on_bad_subject="skip"``.
+    """
+
+    index: int
+    batch: dict[str, Any] | None
+    exclusions: list[Exclusion]
 
 
 class _Batches:

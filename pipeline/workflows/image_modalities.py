@@ -54,6 +54,7 @@ from pipeline.workflows.cohort_data import (
     CohortLayout,
     SplitLoader,
     cohort_layout,
+    log_job_plan,
     manifest_digest,
     open_cohort,
 )
@@ -64,6 +65,7 @@ from pipeline.workflows.run_files import (
     report_failure,
     tracking_uri_for,
     write_csv,
+    write_text,
 )
 from pipeline.workflows.training import EMBEDDINGS, train_fusion_network
 
@@ -163,6 +165,10 @@ class ImageModalitiesTraining:
         check_writable_folder(self.models_dir, "models_dir")
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
         layout = cohort_layout(manifest, self.spatial_shape, with_table=False)
+        log_job_plan(
+            "Training", manifest, modalities=list(layout.images), embeddings=self.embeddings, seed=self.seed,
+            trained_files=self.models_dir,
+        )
         loader = SplitLoader(manifest, {}, layout, self.cache_dir, self.batch_size)
         self.models_dir.mkdir(parents=True, exist_ok=True)
 
@@ -201,10 +207,7 @@ class ImageModalitiesTraining:
 
             summary["seconds"] = round(time.perf_counter() - started, 1)
             run.log_metrics({"training_seconds": summary["seconds"]}, step=0)
-            path = self.models_dir / "training_summary.json"
-            partial = path.with_name(path.name + ".partial")
-            partial.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-            partial.replace(path)
+            path = write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", self.models_dir / "training_summary.json")
             run.log_artifact(path)
         logger.info("Training finished in %.0f s; trained files are in %s.", summary["seconds"], self.models_dir)
         return summary
@@ -329,6 +332,10 @@ class ModalitySweep:
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
         layout = cohort_layout(manifest, self.spatial_shape, with_table=False)
         mask_paths = self._check_masks(manifest)
+        log_job_plan(
+            "DyMo sweep", manifest, split=self.split, subject_limit=self.subject_limit, methods=self.methods,
+            etas=list(self.etas), output=self.output_dir,
+        )
         networks, prototypes = self._load_networks()
         imputer_path = self.models_dir / IMPUTER_FILE
         if not imputer_path.is_file():
@@ -498,9 +505,7 @@ class ModalitySweep:
                 _plot_examples(self.output_dir / "selection_examples.png", examples[:4], subject_ids, labels, layout, self.example_count, title)
             )
         settings = {name: value for name, value in vars(self).items()}
-        config_path = self.output_dir / "config.json"
-        config_path.write_text(json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
-        paths.append(config_path)
+        paths.append(write_text(json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n", self.output_dir / "config.json"))
         return paths
 
 
@@ -617,6 +622,9 @@ def _plot_examples(
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     partial = path.with_name(path.name + ".partial.png")
-    figure.savefig(partial, dpi=100)
-    os.replace(partial, path)
+    try:
+        figure.savefig(partial, dpi=100)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path

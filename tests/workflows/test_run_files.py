@@ -14,7 +14,6 @@ import os
 import resource
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -36,6 +36,12 @@ def make_sweep(tmp_path, **options) -> MissingTableSweep:
         ({"mask_mode": "cells"}, "mask_mode"),
         ({"subject_limit": 1}, "subject_limit"),
         ({"subject_limit": 0}, "subject_limit"),
+        ({"on_bad_subject": "ignore"}, "on_bad_subject"),
+        ({"split": "holdout"}, "split"),
+        ({"n_bootstrap": 0}, "n_bootstrap"),
+        ({"n_bootstrap": 10.5}, "n_bootstrap"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"calibration": "softmax"}, "calibration"),
     ],
 )
 def test_sweep_rejects_invalid_option(tmp_path, options, named):
