@@ -183,7 +183,7 @@ def subjects_without_modality(manifest: Manifest) -> list[Problem]:
             "warning",
             manifest.path,
             f"subject {frame.at[index, schema.subject_id_column]!r} has no image and no clinical value, "
-            "so it will be excluded from training and evaluation",
+            "so training learns nothing from it and inference classifies it from imputed values alone",
             "add its data or remove the row",
             row=int(position) + 1,
         )

@@ -273,12 +273,16 @@ class _ManifestParser:
         return pd.Series(paths, dtype=object)
 
     def categorical(self, column: str, levels: tuple[str, ...] | None) -> pd.Series:
+        """Read a categorical column; a value matches a schema level whatever its case and surrounding spaces."""
+        canonical = {level.strip().casefold(): level for level in levels or ()}
         values: list[str | None] = []
         for row, raw in enumerate(self.table[column]):
             value = raw.strip()
             if self.schema.is_missing_token(raw):
                 values.append(None)
-            elif levels is not None and value not in levels:
+            elif levels is not None and value.casefold() in canonical:
+                values.append(canonical[value.casefold()])
+            elif levels is not None:
                 values.append(None)
                 self.report(
                     "warning", row, column, raw, f"{raw!r} is not one of the levels {list(levels)}; read as missing",

@@ -39,6 +39,7 @@ from pipeline.data.transforms import (
     MarkAbsentModalityd,
     image_preprocessing,
 )
+from pipeline.workflows.run_files import check_config_path
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def open_cohort(
         FileNotFoundError: the manifest is missing and no cohort may be built.
         ManifestError: the manifest has errors; the message lists each with its row and column.
     """
-    manifest_path = Path(manifest_path)
+    manifest_path = check_config_path(Path(manifest_path).parent, "dataset_dir") / Path(manifest_path).name
     if not manifest_path.is_file():
         if not build_if_missing:
             raise FileNotFoundError(
@@ -157,7 +158,30 @@ def open_cohort(
             )
         # The same masks `python -m pipeline build-cohort` writes, so both ways give one cohort.
         write_cohort_masks(read_manifest(manifest_path, schema_path, strict=True), manifest_path.parent)
-    return read_manifest(manifest_path, schema_path)
+    manifest = read_manifest(manifest_path, schema_path)
+    check_some_images_exist(manifest)
+    return manifest
+
+
+def check_some_images_exist(manifest: Manifest) -> None:
+    """Raise one error when none of an image column's paths exists (an empty or misplaced image folder).
+
+    A few missing files are left to the loader, which names each subject; when every file is
+    missing, the folder is the problem.
+
+    Raises:
+        FileNotFoundError: naming the column, how many paths it lists, and the folders they point to.
+    """
+    for image in manifest.schema.images:
+        paths = [Path(path) for path in manifest.frame[image.column].dropna()]
+        if not paths or any(path.exists() for path in paths):
+            continue
+        folders = sorted({str(path.parent) for path in paths})
+        shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+        raise FileNotFoundError(
+            f"{manifest.path}: none of the {len(paths)} image paths in column {image.column!r} exists (they point into "
+            f"{shown}). Copy the images there, or fix the paths: relative paths are read from the manifest's folder."
+        )
 
 
 def check_bad_subject_policy(policy: str) -> str:

@@ -19,13 +19,34 @@ from pipeline.evaluation.tracking import describe_error, resolve_tracking_uri
 logger = logging.getLogger(__name__)
 
 
+def check_config_path(path: str | os.PathLike[str], option: str) -> Path:
+    """Raise when ``path`` does not exist and looks like a path whose ``#`` MONAI's config parser replaced.
+
+    MONAI's bundle config parser (1.6) turns every ``#`` in a string value into ``::``, its id
+    separator, so ``--dataset_dir site#2`` reaches the job as ``site::2``.
+
+    Raises:
+        FileNotFoundError: ``path`` contains ``::`` and does not exist; the message says what to do.
+    """
+    path = Path(path)
+    if "::" in str(path) and not path.exists():
+        raise FileNotFoundError(
+            f"--{option} {path} does not exist. MONAI's bundle config parser turns every '#' in an option into '::', "
+            f"so a path given as {str(path).replace('::', '#')} arrives like this. Rename the folder without '#' (or "
+            "make a link to it under a name without '#') and pass that path."
+        )
+    return path
+
+
 def check_writable_folder(path: str | os.PathLike[str], option: str) -> Path:
     """Create ``path`` if needed and check that files can be written in it, before any work starts.
 
     Raises:
+        FileNotFoundError: ``path`` is a path whose ``#`` MONAI's config parser replaced, see
+            :func:`check_config_path`.
         PermissionError: the folder cannot be created or written; the message names the option to change.
     """
-    path = Path(path)
+    path = check_config_path(path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):

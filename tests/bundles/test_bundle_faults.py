@@ -271,3 +271,32 @@ def test_run_logs_plan_and_outputs(cohort, tmp_path):
     (written,) = [line for line in console.splitlines() if " Wrote " in line]
     assert str(output / "results.csv") in written
     assert str(output / "mlruns.db") in written
+
+
+def test_space_and_at_sign_in_path_run(cohort, tmp_path):
+    folder = tmp_path / "cad data" / "site@clinic"
+    shutil.copytree(cohort, folder)
+
+    completed = run_inference(folder, tmp_path / "eval")
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "eval" / "results.csv").is_file()
+
+
+def test_hash_in_path_gives_clear_error(cohort, tmp_path):
+    folder = tmp_path / "site#2"
+    shutil.copytree(cohort, folder)
+
+    completed = run_inference(folder, tmp_path / "eval")
+
+    assert completed.returncode != 0
+    (line,) = error_lines(completed)
+    assert str(tmp_path / "site::2") in line
+    assert "without '#'" in line
+
+
+def test_missing_logging_file_is_named(cohort, tmp_path):
+    completed = run_inference(cohort, tmp_path / "eval", "--logging_file", str(tmp_path / "logging.conf"))
+
+    assert completed.returncode != 0
+    assert f"Cannot find the logging config file: {tmp_path / 'logging.conf'}" in completed.stderr

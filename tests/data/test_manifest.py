@@ -172,6 +172,15 @@ def test_unknown_level_read_as_missing(tmp_path):
     assert manifest.frame["sex"][3] is pd.NA
 
 
+def test_level_case_and_spaces_ignored(tmp_path):
+    rows = [*ROWS[:3], "s04,test,0,,f ,50,250,B"]
+
+    manifest = read(tmp_path, rows=rows)
+
+    assert manifest.problems == []
+    assert manifest.frame["sex"][3] == "F"
+
+
 def test_bad_label_and_split(tmp_path):
     rows = [*ROWS[:2], "s03,validation,,,M,50,250,B", "s04,test,yes,,M,50,250,B"]
 

@@ -277,3 +277,42 @@ def test_nested_enter_rejected(store, client) -> None:
             tracked.__enter__()
 
     assert client.get_run(tracked.run_id).info.status == "FINISHED"
+
+
+def test_spaces_and_non_ascii_paths_round_trip(tmp_path) -> None:
+    database = tmp_path / "Klinik Daten" / "mlruns ü" / "mlruns.db"
+    figure = tmp_path / "roc curve (val).png"
+    figure.write_bytes(b"\x89PNG made-up bytes \xff")
+
+    with TrackedRun("cad_dymo", "paths", resolve_tracking_uri(database)) as run:
+        run.log_artifact(figure)
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(database))
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    downloaded = Path(client.download_artifacts(run.run_id, "roc curve (val).png", str(tmp_path / "download")))
+    assert downloaded.read_bytes() == figure.read_bytes()
+    assert not [path for path in database.parent.rglob("*") if "%20" in path.name or "%C3" in path.name]
+
+
+def test_folds_inside_an_outer_mlflow_run(store, client) -> None:
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store[1])
+    statuses = []
+    try:
+        with mlflow.start_run(run_name="notebook") as outer:
+            for fold in range(3):
+                try:
+                    with TrackedRun("folds", f"fold-{fold}", store[1]) as run:
+                        if fold == 1:
+                            raise ValueError("fold 1 fails")
+                except ValueError:
+                    pass
+                statuses.append(client.get_run(run.run_id).info.status)
+            assert mlflow.active_run().info.run_id == outer.info.run_id
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+    assert statuses == ["FINISHED", "FAILED", "FINISHED"]
+    assert client.get_run(outer.info.run_id).info.status == "FINISHED"

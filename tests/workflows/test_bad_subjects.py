@@ -23,6 +23,7 @@ from pipeline.workflows.cohort_data import (
     drop_bad_rows,
     exclusion_table,
     fit_encoders,
+    open_cohort,
     read_table_mask,
 )
 
@@ -202,3 +203,16 @@ def test_unknown_policy_rejected(cohort):
         drop_bad_rows(manifest, "ignore")
     with pytest.raises(ValueError, match="on_bad_subject must be one of"):
         loader_for(cohort, on_bad_subject="drop")
+
+
+def test_empty_image_folder_is_one_error(cohort):
+    shutil.rmtree(cohort / "images")
+    shutil.rmtree(cohort / "dicom")
+    (cohort / "images").mkdir()
+
+    with pytest.raises(FileNotFoundError) as raised:
+        open_cohort(cohort / "manifest.csv", SCHEMA)
+
+    message = str(raised.value)
+    assert "none of the 40 image paths in column 'cine_path' exists" in message
+    assert str(cohort / "images") in message
