@@ -70,7 +70,7 @@ def save_checkpoint(
     if prototypes is not None:
         _check_prototypes(prototypes, network)
     extra = dict(extra or {})
-    _check_plain_value(extra, "extra")
+    check_plain_value(extra, "extra")
 
     contents = {
         "format": CHECKPOINT_FORMAT,
@@ -84,6 +84,18 @@ def save_checkpoint(
         "torch_version": str(torch.__version__),  # torch.__version__ is a str subclass that weights_only rejects
     }
 
+    save_atomically(contents, path)
+    logger.debug("saved checkpoint %s", path)
+    return path
+
+
+def save_atomically(contents: Any, path: Path) -> None:
+    """``torch.save`` ``contents`` to a temporary file beside ``path``, then move it over ``path``.
+
+    A reader, or a run interrupted at any point, finds either the old file or the complete new
+    one. Missing parent folders are created, and the file gets the permissions of a file newly
+    created by :func:`open`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -97,8 +109,6 @@ def save_checkpoint(
     except BaseException:
         Path(temporary_name).unlink(missing_ok=True)
         raise
-    logger.debug("saved checkpoint %s", path)
-    return path
 
 
 def load_checkpoint(
@@ -244,19 +254,19 @@ def _check_prototypes(prototypes: Any, network: MaskedFusionTransformer, source:
         raise ValueError(f"{source} must have shape {expected} (K, P) for this network, got {tuple(prototypes.shape)}.")
 
 
-def _check_plain_value(value: Any, where: str) -> None:
+def check_plain_value(value: Any, where: str) -> None:
     """Raise ``TypeError`` unless ``value`` is something ``torch.load(weights_only=True)`` reads back."""
     # Exact types, because subclasses (numpy.float64 of float, TorchVersion of str) are rejected on loading.
     if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
         return
     if type(value) in (list, tuple):
         for index, item in enumerate(value):
-            _check_plain_value(item, f"{where}[{index}]")
+            check_plain_value(item, f"{where}[{index}]")
         return
     if type(value) is dict:
         for key, item in value.items():
-            _check_plain_value(key, f"{where} key {key!r}")
-            _check_plain_value(item, f"{where}[{key!r}]")
+            check_plain_value(key, f"{where} key {key!r}")
+            check_plain_value(item, f"{where}[{key!r}]")
         return
     raise TypeError(
         f"{where} is a {type(value).__name__}, but a checkpoint stores only None, bool, int, float, str, "

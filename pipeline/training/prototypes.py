@@ -9,6 +9,7 @@ import logging
 
 import torch
 
+from pipeline import distributed
 from pipeline.training.argument_checks import check_int
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,10 @@ class ClassPrototypeAccumulator:
     with the mean of that class's embeddings and clears the sums. A class without any embedding
     in the epoch keeps its previous prototype. The means of L2-normalised (cosine) embeddings are
     used as they are, without normalising them again.
+
+    In a process group started by ``torchrun``, :meth:`end_epoch` sums the per-class sums and
+    counts over all processes first, so every process gets the class means over all their
+    embeddings.
 
     Args:
         num_classes: classes ``K``.
@@ -63,7 +68,12 @@ class ClassPrototypeAccumulator:
         self._counts.index_add_(0, labels, torch.ones_like(labels))
 
     def end_epoch(self) -> torch.Tensor:
-        """Set the prototypes to the class means of this epoch, clear the sums, return ``(K, P)``."""
+        """Set the prototypes to the class means of this epoch, clear the sums, return ``(K, P)``.
+
+        Every process of a process group must call it, because it sums over the processes.
+        """
+        distributed.all_reduce_sum(self._sums)
+        distributed.all_reduce_sum(self._counts)
         seen = self._counts > 0
         unseen = (~seen).nonzero().flatten().tolist()
         if unseen:
@@ -76,3 +86,28 @@ class ClassPrototypeAccumulator:
         self._sums.zero_()
         self._counts.zero_()
         return self.prototypes.clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Return copies of the prototypes ``(K, P)``, the sums ``(K, P)`` and the counts ``(K,)``."""
+        return {"prototypes": self.prototypes.clone(), "sums": self._sums.clone(), "counts": self._counts.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned, on this accumulator's device.
+
+        Raises:
+            ValueError: a tensor is missing or does not have the shape of this accumulator.
+        """
+        expected = {
+            "prototypes": tuple(self.prototypes.shape),
+            "sums": tuple(self._sums.shape),
+            "counts": tuple(self._counts.shape),
+        }
+        for name, shape in expected.items():
+            value = state.get(name)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+                found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"accumulator state {name!r} must be a tensor of shape {shape}, got {found}.")
+
+        self.prototypes = state["prototypes"].to(self.prototypes)
+        self._sums = state["sums"].to(self._sums)
+        self._counts = state["counts"].to(self._counts)

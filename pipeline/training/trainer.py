@@ -8,22 +8,29 @@ Shape letters: ``B`` batch, ``M`` modalities, ``N`` tokens, ``D`` width, ``P`` e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from pipeline import distributed
 from pipeline.networks.batch import check_reiterable, unpack_batch
+from pipeline.networks.fingerprint import network_fingerprint
 from pipeline.networks.fusion import MaskedFusionTransformer
 from pipeline.training.argument_checks import check_batch_source, check_device, check_int, check_real
-from pipeline.training.checkpoint import check_checkpoint_path, save_checkpoint
+from pipeline.training.checkpoint import check_checkpoint_path, check_plain_value, save_checkpoint
 from pipeline.training.losses import LossTerms, SubsetPrototypeLoss
 from pipeline.training.prototypes import ClassPrototypeAccumulator
 from pipeline.training.subset_sampling import sample_subsets
+from pipeline.training.training_state import load_training_state, save_training_state
 from pipeline.training.validation import PooledValidation, evaluate_pooled
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,46 @@ class _EpochLosses:
     prototype: float
 
 
+@dataclass
+class _Progress:
+    """State of :meth:`SubsetTrainer.fit` carried from one epoch to the next, besides weights and optimiser."""
+
+    history: TrainingHistory
+    best_state: dict[str, torch.Tensor]
+    best_prototypes: torch.Tensor
+    epochs_without_improvement: int = 0
+    next_epoch: int = 0
+    completed: bool = False
+
+
+class _SubsetForward(nn.Module):
+    """The forward pass of a training step as one module call: encode, fuse the drawn subsets, classify.
+
+    DistributedDataParallel averages gradients over processes only for what runs inside its
+    module's ``forward``, so the three stages of the network run inside this one.
+    """
+
+    def __init__(self, network: MaskedFusionTransformer) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(
+        self,
+        inputs: Mapping[str, Any],
+        present_mask: torch.Tensor,
+        sample_index: torch.Tensor,
+        row_masks: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return logits ``(R, K)`` and embeddings ``(R, P)`` of rows ``sample_index`` ``(R,)`` under ``row_masks`` ``(R, M)``.
+
+        Each encoder reads only the samples that ``present_mask`` ``(B, M)`` marks as having its
+        modality, so placeholders of absent modalities never reach an encoder.
+        """
+        tokens = self.network.encode(inputs, present_mask)  # (B, N, D)
+        fused = self.network.fuse(tokens[sample_index], row_masks)  # (R, D)
+        return self.network.classify(fused)
+
+
 class SubsetTrainer:
     """Train on random modality subsets, select the model on pooled validation, stop early.
 
@@ -89,6 +136,10 @@ class SubsetTrainer:
 
     NOTE: reproducibility is tested on the CPU only. Some CUDA kernels are nondeterministic
     unless the caller sets ``torch.use_deterministic_algorithms(True)``.
+
+    :meth:`fit` can write a training-state file after every epoch and continue from it after an
+    interruption. Under ``torchrun`` it trains one copy of the network per process with
+    ``DistributedDataParallel`` (see :meth:`fit`).
 
     Args:
         network: the network to train. It is moved to ``device``.
@@ -187,6 +238,10 @@ class SubsetTrainer:
         train_batches: Iterable[Batch],
         val_batches: Iterable[Batch],
         checkpoint_path: str | os.PathLike[str] | None = None,
+        state_path: str | os.PathLike[str] | None = None,
+        *,
+        keep_state: bool = False,
+        data_fingerprint: Mapping[str, Any] | None = None,
     ) -> TrainingHistory:
         """Train, keep the best epoch by validation metric, restore it and return the history.
 
@@ -195,12 +250,40 @@ class SubsetTrainer:
         prototypes and ``extra = {"epoch", "metric", "metric_name"}`` is written there whenever
         the validation metric improves.
 
+        If ``state_path`` is given, the training state (see :mod:`~pipeline.training.training_state`)
+        is written there atomically at the end of every epoch. When that file exists at the start
+        and belongs to this run, training continues after its last epoch and ends with the
+        same weights and prototypes as an uninterrupted run (bit-identical on the CPU). When the
+        file records a finished training, its best weights and prototypes are restored without
+        training. The file is deleted at the end unless ``keep_state`` is true.
+
+        A run belongs to a file when the network fingerprint at the start of training, the
+        trainer's settings and seed, the number of processes, the type of ``train_batches`` and
+        ``data_fingerprint`` equal those stored in it. The caller describes the data in
+        ``data_fingerprint`` (plain values, e.g. a digest of the cohort and the batch size),
+        because the trainer cannot tell whether a batch source changed. A ``train_batches`` with
+        its own random state must provide ``state_dict()`` and ``load_state_dict(state)`` for the
+        resumed epochs to match, returning plain values. A ``DataLoader`` that shuffles without
+        its own ``generator`` draws from the global torch RNG, which the state file restores.
+
+        In a process group started by ``torchrun`` (see :mod:`pipeline.distributed`), every
+        process calls :meth:`fit` with its own share of the training batches. Gradients are
+        averaged over the processes by ``DistributedDataParallel``, prototypes are the class
+        means over all processes, rank 0 alone computes the validation metric and shares it,
+        and rank 0 alone writes the checkpoint and the state file. Processes may have different
+        numbers of batches in an epoch, but then the processes with fewer batches contribute
+        zero gradients for the remaining steps. BatchNorm layers use the statistics of each
+        process's own batch (no SyncBatchNorm), so the two-images rule holds per process.
+
         Raises:
-            TypeError: a batch source is a single batch or a one-shot iterator, or a batch has the
-                wrong types (see :func:`~pipeline.networks.batch.unpack_batch`).
-            ValueError: a batch does not match the network, or no training batch has a sample
-                with a present modality.
-            IsADirectoryError: ``checkpoint_path`` is a directory. This is checked before training.
+            TypeError: a batch source is a single batch or a one-shot iterator, a batch has the
+                wrong types (see :func:`~pipeline.networks.batch.unpack_batch`), or
+                ``data_fingerprint`` contains a value other than plain values and tensors.
+            ValueError: a batch does not match the network, no training batch has a sample
+                with a present modality, or the file at ``state_path`` is unreadable or belongs
+                to another run (the message says to delete it).
+            IsADirectoryError: ``checkpoint_path`` or ``state_path`` is a directory. This is
+                checked before training.
             FloatingPointError: the training loss is not finite. The weights are left as they
                 were before that batch.
         """
@@ -210,53 +293,49 @@ class SubsetTrainer:
         check_reiterable(val_batches, "val_batches")
         if checkpoint_path is not None:
             check_checkpoint_path(checkpoint_path)
+        fingerprint = None
+        if state_path is not None:
+            state_path = check_checkpoint_path(state_path)
+            fingerprint = self._state_fingerprint(train_batches, data_fingerprint)
 
-        generator = torch.Generator().manual_seed(self.seed)
-        global_seed = int(torch.randint(2**62, (1,), generator=generator))
+        generator, global_seed = self._seed_generators()
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.learning_rate, weight_decay=0.0)
         accumulator = ClassPrototypeAccumulator(self.network.num_classes, self.prototypes.shape[1], self.device)
         self.prototypes = accumulator.prototypes.clone()
-
-        history = TrainingHistory()
-        best_state: dict[str, torch.Tensor] = {}
-        best_prototypes = self.prototypes
-        epochs_without_improvement = 0
+        progress = _Progress(TrainingHistory(), {}, self.prototypes)
 
         with _forked_global_rng(self.device):
             torch.manual_seed(global_seed)
-            for epoch in range(self.max_epochs):
-                losses = self._train_epoch(train_batches, epoch, optimizer, accumulator, generator)
-                self.prototypes = accumulator.end_epoch()
-                validation = self.evaluate(val_batches, warn_on_fallback=epoch == 0)
-                _record_epoch(history, losses, validation)
+            if state_path is not None:
+                stored = load_training_state(state_path, fingerprint)
+                if stored is not None:
+                    progress = self._restore(stored, state_path, optimizer, accumulator, generator, train_batches)
+            forward = self._forward_module()
 
-                # best_metric starts as NaN, so the first eligible epoch is always the first best.
-                eligible = epoch >= self.selection_start_epoch
-                improved = eligible and (math.isnan(history.best_metric) or validation.metric > history.best_metric)
-                if improved:
-                    history.best_epoch, history.best_metric = epoch, validation.metric
-                    best_state = {name: value.detach().clone() for name, value in self.network.state_dict().items()}
-                    best_prototypes = self.prototypes.clone()
-                    epochs_without_improvement = 0
-                    if checkpoint_path is not None:
-                        self._save(checkpoint_path, epoch, validation)
-                elif eligible:
-                    epochs_without_improvement += 1
-
-                self._log_epoch(epoch, losses, validation, history)
-                if epochs_without_improvement >= self.patience:
-                    history.stopped_early = True
-                    logger.info("stopping early: no improvement for %d epochs", self.patience)
+            epochs = range(0) if progress.completed else range(progress.next_epoch, self.max_epochs)
+            for epoch in epochs:
+                self._run_epoch(
+                    epoch, train_batches, val_batches, optimizer, accumulator, generator, forward, progress, checkpoint_path
+                )
+                progress.next_epoch = epoch + 1
+                progress.completed = progress.history.stopped_early or progress.next_epoch == self.max_epochs
+                if state_path is not None:
+                    self._save_state(state_path, fingerprint, progress, optimizer, accumulator, generator, train_batches)
+                if progress.history.stopped_early:
                     break
 
-        self.network.load_state_dict(best_state)
-        self.prototypes = best_prototypes
-        logger.info(
-            "restored the weights of epoch %d (validation %s %.4f)",
-            history.best_epoch,
-            history.val_metric_name,
-            history.best_metric,
-        )
+        history = progress.history
+        self.network.load_state_dict(progress.best_state)
+        self.prototypes = progress.best_prototypes.to(self.device)
+        if distributed.is_main_process():
+            logger.info(
+                "restored the weights of epoch %d (validation %s %.4f)",
+                history.best_epoch,
+                history.val_metric_name,
+                history.best_metric,
+            )
+        if state_path is not None and not keep_state and distributed.is_main_process():
+            state_path.unlink(missing_ok=True)
         return history
 
     def evaluate(self, val_batches: Iterable[Batch], warn_on_fallback: bool = True) -> PooledValidation:
@@ -270,6 +349,78 @@ class SubsetTrainer:
             warn_on_fallback=warn_on_fallback,
         )
 
+    def _run_epoch(
+        self,
+        epoch: int,
+        train_batches: Iterable[Batch],
+        val_batches: Iterable[Batch],
+        optimizer: torch.optim.Optimizer,
+        accumulator: ClassPrototypeAccumulator,
+        generator: torch.Generator,
+        forward: nn.Module,
+        progress: _Progress,
+        checkpoint_path: str | os.PathLike[str] | None,
+    ) -> None:
+        """Train one epoch, validate, update the best epoch and the early-stopping count in ``progress``."""
+        losses = self._train_epoch(train_batches, epoch, optimizer, accumulator, generator, forward)
+        self.prototypes = accumulator.end_epoch()
+        validation = self._shared_validation(val_batches, warn_on_fallback=epoch == progress.next_epoch)
+        history = progress.history
+        _record_epoch(history, losses, validation)
+
+        # best_metric starts as NaN, so the first eligible epoch is always the first best.
+        eligible = epoch >= self.selection_start_epoch
+        improved = eligible and (math.isnan(history.best_metric) or validation.metric > history.best_metric)
+        if improved:
+            history.best_epoch, history.best_metric = epoch, validation.metric
+            progress.best_state = {name: value.detach().clone() for name, value in self.network.state_dict().items()}
+            progress.best_prototypes = self.prototypes.clone()
+            progress.epochs_without_improvement = 0
+            if checkpoint_path is not None and distributed.is_main_process():
+                self._save(checkpoint_path, epoch, validation)
+        elif eligible:
+            progress.epochs_without_improvement += 1
+
+        if distributed.is_main_process():
+            self._log_epoch(epoch, losses, validation, history)
+        if progress.epochs_without_improvement >= self.patience:
+            history.stopped_early = True
+            if distributed.is_main_process():
+                logger.info("stopping early: no improvement for %d epochs", self.patience)
+
+    def _shared_validation(self, val_batches: Iterable[Batch], warn_on_fallback: bool) -> PooledValidation:
+        """Validate on rank 0 and give its result to every process, so that all decide alike."""
+        if not distributed.is_distributed():
+            return self.evaluate(val_batches, warn_on_fallback=warn_on_fallback)
+        validation = self.evaluate(val_batches, warn_on_fallback=warn_on_fallback) if distributed.is_main_process() else None
+        return distributed.all_gather_objects(validation)[0]
+
+    def _seed_generators(self) -> tuple[torch.Generator, int]:
+        """Return the generator of subset draws and the seed of the global torch RNG for this process.
+
+        Rank 0, and a single process, use the streams derived from ``seed`` alone. Every other
+        rank derives its own from them, so that processes draw different subsets and dropout masks.
+        """
+        generator = torch.Generator().manual_seed(self.seed)
+        global_seed = int(torch.randint(2**62, (1,), generator=generator))
+        rank = distributed.rank()
+        if rank > 0:
+            offset = torch.Generator().manual_seed(global_seed + rank)
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=offset)))
+            global_seed = int(torch.randint(2**62, (1,), generator=offset))
+        return generator, global_seed
+
+    def _forward_module(self) -> nn.Module:
+        """Return the step's forward module, wrapped in DistributedDataParallel in a process group."""
+        forward = _SubsetForward(self.network)
+        if not distributed.is_distributed():
+            return forward
+        device_ids = None
+        if self.device.type == "cuda":
+            device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        # A batch without any image leaves the image encoder unused on that process for that step.
+        return DistributedDataParallel(forward, device_ids=device_ids, find_unused_parameters=True)
+
     def _train_epoch(
         self,
         batches: Iterable[Batch],
@@ -277,36 +428,48 @@ class SubsetTrainer:
         optimizer: torch.optim.Optimizer,
         accumulator: ClassPrototypeAccumulator,
         generator: torch.Generator,
+        forward: nn.Module | None = None,
     ) -> _EpochLosses:
+        """Train one epoch with ``forward`` (by default the unwrapped network) and return its mean losses."""
+        if forward is None:
+            forward = _SubsetForward(self.network)
         self.network.train()
         weighted_sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # total, classification, prototype
         num_rows = 0
         num_batches = 0
         skipped_batches = 0
 
-        for batch_index, batch in enumerate(batches):
-            num_batches += 1
-            step = self._train_step(batch, epoch, batch_index, optimizer, generator)
-            if step is None:
-                skipped_batches += 1
-                continue
-            terms, embeddings, row_labels = step
+        # Join lets a process that runs out of batches stand in for the missing gradient reductions.
+        join = forward.join() if isinstance(forward, DistributedDataParallel) else contextlib.nullcontext()
+        with join:
+            for batch_index, batch in enumerate(batches):
+                num_batches += 1
+                step = self._train_step(batch, epoch, batch_index, forward, optimizer, generator)
+                if step is None:
+                    skipped_batches += 1
+                    continue
+                terms, embeddings, row_labels = step
 
-            accumulator.accumulate(embeddings, row_labels)
-            weighted_sums += torch.stack(terms).detach().double() * row_labels.numel()
-            num_rows += row_labels.numel()
+                accumulator.accumulate(embeddings, row_labels)
+                weighted_sums += torch.stack(terms).detach().double() * row_labels.numel()
+                num_rows += row_labels.numel()
 
         if skipped_batches:
             logger.warning(
                 "epoch %d: skipped %d batches in which no sample has a present modality", epoch, skipped_batches
             )
-        if num_batches == 0:
+        # Sums over all processes, so that every process raises alike and logs the same losses.
+        counts = distributed.all_reduce_sum(
+            torch.tensor([num_batches, num_rows], dtype=torch.float64, device=self.device)
+        )
+        weighted_sums = distributed.all_reduce_sum(weighted_sums)
+        if counts[0] == 0:
             raise ValueError("train_batches is empty, so there is nothing to train on.")
-        if num_rows == 0:
+        if counts[1] == 0:
             raise ValueError(
                 "train_batches contain no sample with a present modality, so there is nothing to train on."
             )
-        total, classification, prototype = (weighted_sums / num_rows).tolist()
+        total, classification, prototype = (weighted_sums / counts[1]).tolist()
         return _EpochLosses(total, classification, prototype)
 
     def _train_step(
@@ -314,6 +477,7 @@ class SubsetTrainer:
         batch: Batch,
         epoch: int,
         batch_index: int,
+        forward: nn.Module,
         optimizer: torch.optim.Optimizer,
         generator: torch.Generator,
     ) -> tuple[LossTerms, torch.Tensor, torch.Tensor] | None:
@@ -334,10 +498,7 @@ class SubsetTrainer:
         row_masks = masks.flatten(0, 1)[rows].to(self.device)  # (R, M)
         row_labels = labels.to(self.device)[sample_index]  # (R,)
 
-        # With the mask, placeholders of absent modalities never reach an encoder.
-        tokens = self.network.encode(inputs, present_mask.to(self.device))  # (B, N, D)
-        fused = self.network.fuse(tokens[sample_index], row_masks)  # (R, D)
-        logits, embeddings = self.network.classify(fused)  # (R, K), (R, P)
+        logits, embeddings = forward(inputs, present_mask.to(self.device), sample_index, row_masks)  # (R, K), (R, P)
         terms = self.loss(logits, embeddings, row_labels, self.prototypes, epoch)
         if not torch.isfinite(terms.total):
             raise FloatingPointError(
@@ -349,6 +510,108 @@ class SubsetTrainer:
         terms.total.backward()
         optimizer.step()
         return terms, embeddings.detach(), row_labels
+
+    def _state_fingerprint(self, train_batches: Iterable[Batch], data_fingerprint: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Return the plain values that a training-state file must match to be resumed."""
+        data = dict(data_fingerprint or {})
+        check_plain_value(data, "data_fingerprint")
+        return {
+            "network": network_fingerprint(self.network),
+            "trainer": {
+                "subsets_per_batch": self.subsets_per_batch,
+                "learning_rate": self.learning_rate,
+                "max_epochs": self.max_epochs,
+                "patience": self.patience,
+                "prototype_weight": self.loss.prototype_weight,
+                "prototype_temperature": self.loss.temperature,
+                "prototype_warmup_epochs": self.loss.warmup_epochs,
+                "selection_start_epoch": self.selection_start_epoch,
+                "seed": self.seed,
+                "present_key": self.present_key,
+                "label_key": self.label_key,
+            },
+            "processes": distributed.world_size(),
+            "batch_source": f"{type(train_batches).__module__}.{type(train_batches).__qualname__}",
+            "data": data,
+        }
+
+    def _save_state(
+        self,
+        state_path: Path,
+        fingerprint: Mapping[str, Any] | None,
+        progress: _Progress,
+        optimizer: torch.optim.Optimizer,
+        accumulator: ClassPrototypeAccumulator,
+        generator: torch.Generator,
+        train_batches: Iterable[Batch],
+    ) -> None:
+        """Write the state after an epoch (rank 0), with the random-number-generator states of every process."""
+        random_states = distributed.all_gather_objects(self._random_state(generator))
+        if not distributed.is_main_process():
+            return
+        batch_source = train_batches.state_dict() if hasattr(train_batches, "state_dict") else None
+        state = {
+            "next_epoch": progress.next_epoch,
+            "completed": progress.completed,
+            "network": self.network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "accumulator": accumulator.state_dict(),
+            "history": dataclasses.asdict(progress.history),
+            "best_state": progress.best_state,
+            "best_prototypes": progress.best_prototypes,
+            "epochs_without_improvement": progress.epochs_without_improvement,
+            "random_states": random_states,
+            "batch_source": batch_source,
+        }
+        save_training_state(state_path, state, fingerprint or {})
+
+    def _random_state(self, generator: torch.Generator) -> dict[str, torch.Tensor | None]:
+        """Return this process's generator of subset draws, global CPU RNG and device RNG states."""
+        device_state = None
+        if self.device.type == "cuda":
+            device_state = torch.cuda.get_rng_state(self.device)
+        return {"generator": generator.get_state(), "torch": torch.get_rng_state(), "device": device_state}
+
+    def _restore(
+        self,
+        stored: Mapping[str, Any],
+        state_path: Path,
+        optimizer: torch.optim.Optimizer,
+        accumulator: ClassPrototypeAccumulator,
+        generator: torch.Generator,
+        train_batches: Iterable[Batch],
+    ) -> _Progress:
+        """Load a state written by :meth:`_save_state` into the network, optimiser, RNGs and batch source."""
+        self.network.load_state_dict(stored["network"])
+        optimizer.load_state_dict(stored["optimizer"])
+        accumulator.load_state_dict(stored["accumulator"])
+        self.prototypes = accumulator.prototypes.clone()
+
+        random_state = stored["random_states"][distributed.rank()]
+        generator.set_state(random_state["generator"])
+        torch.set_rng_state(random_state["torch"])
+        if self.device.type == "cuda" and random_state["device"] is not None:
+            torch.cuda.set_rng_state(random_state["device"], self.device)
+        if stored["batch_source"] is not None:
+            train_batches.load_state_dict(stored["batch_source"])
+
+        progress = _Progress(
+            history=TrainingHistory(**stored["history"]),
+            best_state=dict(stored["best_state"]),
+            best_prototypes=stored["best_prototypes"].to(self.device),
+            epochs_without_improvement=int(stored["epochs_without_improvement"]),
+            next_epoch=int(stored["next_epoch"]),
+            completed=bool(stored["completed"]),
+        )
+        if progress.completed:
+            logger.info(
+                "training state %s records a finished training of %d epochs; restoring it without training",
+                state_path,
+                progress.next_epoch,
+            )
+        else:
+            logger.info("resuming training from epoch %d (%s)", progress.next_epoch, state_path)
+        return progress
 
     def _log_epoch(
         self, epoch: int, losses: _EpochLosses, validation: PooledValidation, history: TrainingHistory

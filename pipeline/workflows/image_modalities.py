@@ -190,7 +190,12 @@ class ImageModalitiesTraining:
                 torch.manual_seed(self.seed)
                 network = build_image_network(layout, manifest.schema.label.num_classes, embedding, self.image_encoder, self.fusion)
                 _, summary["networks"][embedding] = train_fusion_network(
-                    network, train_batches, val_batches, self.models_dir, self.trainer, self.seed, self.device, run
+                    network, train_batches, val_batches, self.models_dir, self.trainer, self.seed, self.device, run,
+                    data_fingerprint={
+                        "cohort_sha256": summary["cohort_sha256"],
+                        "batch_size": self.batch_size,
+                        "spatial_shape": list(self.spatial_shape),
+                    },
                 )
 
             imputer_started = time.perf_counter()

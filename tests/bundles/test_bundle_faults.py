@@ -300,3 +300,38 @@ def test_missing_logging_file_is_named(cohort, tmp_path):
 
     assert completed.returncode != 0
     assert f"Cannot find the logging config file: {tmp_path / 'logging.conf'}" in completed.stderr
+
+
+def run_training(cohort: Path, models: Path, *overrides: str) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    environment["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(
+        [
+            sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/cad/train.json",
+            "--dataset_dir", str(cohort), "--models_dir", str(models), "--output_dir", str(models.parent / "eval"),
+            "--embeddings", '["cosine"]', "--trainer#max_epochs", "4", "--trainer#patience", "4",
+            "--batch_size", "8", "--token_imputer#max_epochs", "3", "--table_imputer#max_epochs", "3", *overrides,
+        ],
+        cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_training_stops_at_broken_image_or_skips_it(cohort, tmp_path):
+    frame = pd.read_csv(cohort / "manifest.csv", dtype=str)
+    row = frame[(frame["split"] == "train") & frame["cine_path"].str.startswith("images/")].iloc[0]
+    (cohort / row["cine_path"]).write_bytes(b"not an image\n")
+
+    failed = run_training(cohort, tmp_path / "stopped")
+
+    assert failed.returncode != 0
+    (line,) = error_lines(failed)
+    assert f"subject {row['subject_id']}" in line
+    assert "The training job failed" in line
+
+    skipped = run_training(cohort, tmp_path / "models", "--on_bad_subject", "skip")
+
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    summary = json.loads((tmp_path / "models" / "training_summary.json").read_text())
+    assert [(entry["subject_id"], entry["field"]) for entry in summary["excluded_subjects"]] == [
+        (row["subject_id"], "cine_path")
+    ]
