@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from pipeline import distributed
 from pipeline.data.cohort_masks import MASK_FOLDER
 from pipeline.data.manifest import Manifest
 from pipeline.data.missingness import mask_filename, read_mask
@@ -162,6 +163,11 @@ class ImageModalitiesTraining:
 
     def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
+        if distributed.launched_by_torchrun():
+            raise RuntimeError(
+                "this bundle's training runs in one process: start it with `python -m monai.bundle run`, not "
+                "torchrun, because every process would write the same trained files."
+            )
         check_writable_folder(self.models_dir, "models_dir")
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
         layout = cohort_layout(manifest, self.spatial_shape, with_table=False)

@@ -87,3 +87,14 @@ def test_sweep_defaults_run_every_method(tmp_path):
 def test_sweep_rejects_three_decimal_gamma(tmp_path):
     with pytest.raises(ValueError, match="gamma"):
         make_sweep(tmp_path, gammas=[0.125])
+
+
+def test_digit_training_rejects_torchrun(tmp_path, monkeypatch):
+    from pipeline.workflows.image_modalities import ImageModalitiesTraining
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    training = ImageModalitiesTraining(tmp_path / "manifest.csv", tmp_path / "schema.yaml", tmp_path / "models", tmp_path / "cache")
+
+    with pytest.raises(RuntimeError, match="runs in one process"):
+        training.run()
+    assert not (tmp_path / "models").exists()
