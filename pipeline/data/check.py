@@ -6,10 +6,13 @@ every problem and a summary, which ``python -m pipeline check-cohort`` prints.
 
 from __future__ import annotations
 
+import gzip
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,15 +84,38 @@ class CohortReport:
 def _nifti_header_problem(path: Path, image: ImageModality) -> tuple[str, str] | None:
     """Check a NIfTI file's name, bytes and header, and that its shape fits the modality's kind."""
     try:
-        shape = check_nifti(path)["shape"]
+        info = check_nifti(path)
     except NiftiFileError as error:
         return str(error), _nifti_fix(str(error))
+    shape = info["shape"]
+    missing_bytes = _missing_data_bytes(path, info["header"], shape)
+    if missing_bytes:
+        return (
+            f"{path}: the file ends {missing_bytes} bytes before the end of its image data (truncated or damaged)",
+            "copy the file again from the original export",
+        )
     try:
         # A zero-stride view checks the layout rule without reading or allocating the image.
         arrange_for_kind(np.broadcast_to(np.zeros((), dtype=np.float32), shape), image.kind, path)
     except ValueError as error:
         return str(error), f"export the image in the layout of kind {image.kind!r} (see docs/cohort-format.md)"
     return None
+
+
+def _missing_data_bytes(path: Path, header: Any, shape: tuple[int, ...]) -> int:
+    """Return how many bytes of image data the file lacks, 0 when complete; a .nii.gz is decompressed to count."""
+    expected = int(header["vox_offset"]) + int(np.prod(shape)) * header.get_data_dtype().itemsize
+    if path.name.endswith(".gz"):
+        size = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    size += len(chunk)
+        except (EOFError, OSError, zlib.error):
+            return max(expected - size, 1)
+    else:
+        size = path.stat().st_size
+    return max(expected - size, 0)
 
 
 def _nifti_fix(message: str) -> str:

@@ -123,6 +123,12 @@ def index_dicom_folder(folder: str | Path) -> list[DicomSeries]:
             continue
         uid = str(dataset.get("SeriesInstanceUID", "") or "")
         if not uid or "Rows" not in dataset:
+            if _declares_image(dataset):
+                raise DicomSeriesError(
+                    f"{path}: the file declares an image ({_sop_class(dataset).name}) but has no "
+                    f"{'SeriesInstanceUID' if not uid else 'Rows'} element, so it is truncated or damaged. "
+                    "Replace it from the original export, or remove it from the series folder."
+                )
             # DICOMDIR files, structured reports and other objects without an image.
             skipped += 1
             continue
@@ -135,6 +141,18 @@ def index_dicom_folder(folder: str | Path) -> list[DicomSeries]:
 
     series = [_summarise(folder, uid, members) for uid, members in headers.items()]
     return sorted(series, key=lambda item: (item.number if item.number is not None else 1 << 30, item.uid))
+
+
+def _sop_class(dataset: Dataset) -> UID:
+    """Return the file's SOP class: from its file meta information, else from the dataset."""
+    meta = getattr(dataset, "file_meta", None)
+    value = (meta.get("MediaStorageSOPClassUID") if meta is not None else None) or dataset.get("SOPClassUID")
+    return UID(str(value or ""))
+
+
+def _declares_image(dataset: Dataset) -> bool:
+    """True when the SOP class is an image storage class (MR Image Storage, Enhanced CT Image Storage, ...)."""
+    return "Image Storage" in _sop_class(dataset).name
 
 
 def _summarise(folder: Path, uid: str, members: list[tuple[Path, Dataset]]) -> DicomSeries:

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -322,7 +323,7 @@ class TrackedRun:
     def _viewing_hint(self) -> str:
         if _uri_scheme(self._tracking_uri) in ("http", "https"):
             return f"Open {self._tracking_uri} to inspect it."
-        return f"Inspect it with: mlflow ui --backend-store-uri {self._tracking_uri} --host 127.0.0.1"
+        return f"Inspect it with: mlflow ui --backend-store-uri {shlex.quote(self._tracking_uri)} --host 127.0.0.1"
 
     def _set_tag_quietly(self, client: MlflowClient, run_id: str, key: str, value: str) -> None:
         try:

@@ -58,9 +58,11 @@ def write_checked(contents: dict[str, Any], path: str | os.PathLike[str]) -> Pat
     checked = {**contents, DIGEST_KEY: contents_digest(contents)}
 
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
     try:
-        torch.save(checked, temporary)
+        # Saved through the open file, not its name, which torch.save would record in the archive:
+        # the same contents then give the same bytes.
+        with os.fdopen(handle, "wb") as file:
+            torch.save(checked, file)
         umask = os.umask(0o022)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)

@@ -135,9 +135,10 @@ class SubsetPrototypes:
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
         try:
-            torch.save(contents, temporary)
+            # Saved through the open file, so the random temporary name is not recorded in the archive.
+            with os.fdopen(handle, "wb") as file:
+                torch.save(contents, file)
             os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates files readable by the owner only
             os.replace(temporary, path)
         finally:

@@ -223,9 +223,11 @@ def drop_bad_rows(manifest: Manifest, on_bad_subject: str = "error") -> tuple[Ma
     if any(problem.row is None for problem in errors):
         raise ManifestError(errors)
     if on_bad_subject == "error":
+        rows = sorted({problem.row for problem in errors})
+        subjects = ", ".join(f"{manifest.frame[manifest.schema.subject_id_column].iloc[row - 1]} (row {row})" for row in rows)
         raise ManifestError(
-            errors, "Correct these cells, or pass --on_bad_subject skip to leave these subjects out (they are "
-            "listed in the run's report)."
+            errors, f"Subjects concerned: {subjects}. Correct these cells, or pass --on_bad_subject skip to leave "
+            "these subjects out (they are listed in the run's report)."
         )
 
     frame = manifest.frame

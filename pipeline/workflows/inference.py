@@ -257,11 +257,17 @@ class MissingTableSweep:
         rank 0 writes the outputs and returns the results table, and the other ranks return None.
         When any process fails, every process raises.
         """
-        with report_failure("inference job"):
+        with report_failure("inference job", on_stop="It wrote no result file; run the same command again."):
             return self._run()
 
     def _run(self) -> pd.DataFrame | None:
         started = time.perf_counter()
+        if distributed.launched_by_torchrun() and not distributed.is_distributed():
+            raise RuntimeError(
+                "torchrun started several processes, but the process group is not initialised, so each process "
+                "would evaluate the whole split and write the same files. Add the multi-process config: --config_file "
+                "\"['bundles/cad/inference.json','bundles/cad/multi_gpu_inference.json']\"."
+            )
         main = distributed.is_main_process()
         failure: Exception | None = None
         with contextlib.ExitStack() as stack:
@@ -292,8 +298,9 @@ class MissingTableSweep:
                 )
             subject_count = len(records[0]) // len(self.methods)
             logger.info(
-                "Evaluated %d %s subjects (%d with an image) in %d processes.",
+                "Evaluated %d %s subjects (%d with an image) in %d process%s.",
                 subject_count, self.split, sum(shard.with_image for shard in shards), len(shards),
+                "" if len(shards) == 1 else "es",
             )
             run.log_params({
                 **self._parameters(manifest, layout, subject_count),

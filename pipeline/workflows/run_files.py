@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline.evaluation.tracking import describe_error, resolve_tracking_uri
+from pipeline.evaluation.tracking import RunTerminated, describe_error, resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +26,14 @@ def check_config_path(path: str | os.PathLike[str], option: str) -> Path:
     separator, so ``--dataset_dir site#2`` reaches the job as ``site::2``.
 
     Raises:
-        FileNotFoundError: ``path`` contains ``::`` and does not exist; the message says what to do.
+        FileNotFoundError: ``path`` contains ``::`` and does not exist; the message gives the fix.
     """
     path = Path(path)
     if "::" in str(path) and not path.exists():
         raise FileNotFoundError(
             f"--{option} {path} does not exist. MONAI's bundle config parser turns every '#' in an option into '::', "
-            f"so a path given as {str(path).replace('::', '#')} arrives like this. Rename the folder without '#' (or "
-            "make a link to it under a name without '#') and pass that path."
+            f"so a path given as {str(path).replace('::', '#')} arrives like this. Pass a path without '#': rename "
+            "the folder, or make a link to it under a name without '#'."
         )
     return path
 
@@ -68,7 +68,7 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 @contextlib.contextmanager
-def report_failure(job: str) -> Iterator[None]:
+def report_failure(job: str, on_stop: str = "") -> Iterator[None]:
     """Log one ERROR line with the cause when ``job`` fails, then let the exception propagate.
 
     Works as a context manager and as a decorator. ``job`` names what failed, for example
@@ -77,12 +77,17 @@ def report_failure(job: str) -> Iterator[None]:
     MONAI's bundle runner wraps every error in ``RuntimeError: Failed to evaluate ...``, so this
     line, printed just before the traceback, is where the user reads what went wrong. An error
     that MONAI's data loading wrapped (``RuntimeError: applying transform ...``) is reported by
-    its cause alone, and a full disk gets the advice to free space.
+    its cause alone, and a full disk gets the advice to free space. An interruption (Ctrl-C, or
+    SIGTERM inside an MLflow run) is logged as a stop, followed by ``on_stop``: what to do next.
     """
     try:
         yield
     except Exception as error:
         logger.error("The %s failed: %s", job, _failure_message(error))
+        raise
+    except (KeyboardInterrupt, RunTerminated) as error:
+        reason = str(error) or "Ctrl-C (SIGINT)"
+        logger.error("The %s was stopped: %s. %s", job, reason, on_stop or "Run the same command again.")
         raise
 
 

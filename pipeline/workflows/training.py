@@ -221,7 +221,11 @@ class ImageTableTraining:
             RuntimeError: the job runs under ``torchrun`` with several processes, but the process
                 group was not initialised (the multi-process config was not given).
         """
-        with report_failure("training job"):
+        stop_advice = (
+            f"Run the same command again to continue from the last finished epoch (the state files are in {self.models_dir})."
+            if self.resume else "Run the same command again."
+        )
+        with report_failure("training job", on_stop=stop_advice):
             return self._run()
 
     def _run(self) -> dict[str, Any]:

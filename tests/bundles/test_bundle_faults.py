@@ -239,6 +239,7 @@ def test_interrupted_run_fails_then_rerun_completes(cohort, tmp_path, signal_num
             break
     console.extend(process.stdout)
     assert process.wait(timeout=300) != 0, "".join(console)[-3000:]
+    assert any("The inference job was stopped" in line for line in console)
 
     assert not (output / "results.csv").exists()
     assert not list(output.rglob("*.partial"))

@@ -188,3 +188,17 @@ def test_own_failure_is_raised_unchanged():
         _raise_on_failure([shard_records(0, [], [], error="FileNotFoundError: no trained network")], failure)
 
     assert raised.value is failure
+
+
+def test_torchrun_without_multi_process_config_is_rejected(cohort, tmp_path):
+    torchrun = [str(TORCHRUN), "--nproc_per_node=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+    completed = run_command(
+        [*torchrun, "-m", "monai.bundle", "run", "--config_file", "bundles/cad/inference.json",
+         "--dataset_dir", str(cohort), "--output_dir", str(tmp_path / "eval"), *SWEEP_OPTIONS],
+        expect_success=False,
+    )
+
+    assert completed.returncode != 0
+    assert "the process group is not initialised" in completed.stdout + completed.stderr
+    assert "multi_gpu_inference.json" in completed.stdout + completed.stderr
+    assert not (tmp_path / "eval" / "mlruns.db").exists()

@@ -76,6 +76,22 @@ def test_corrupt_nifti_reported(cohort):
     assert "not a NIfTI-1 or NIfTI-2 file" in report.problems[0].message
 
 
+@pytest.mark.parametrize("name", ["s03.nii.gz", "s03.nii"])
+def test_truncated_nifti_reported(tmp_path, name):
+    save_nifti(tmp_path / "images/s01.nii.gz", (8, 8, 4))
+    path = tmp_path / "images" / name
+    save_nifti(path, (32, 32, 16))
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    rows = [ROWS[0], ROWS[1], ROWS[2].replace("images/s03.nii.gz", f"images/{name}"), ROWS[3]]
+    cohort = write_cohort(tmp_path, rows)
+
+    report = check_cohort(*cohort)
+
+    assert not report.usable
+    assert [(p.row, p.column) for p in report.problems] == [(3, "cine_path")]
+    assert "truncated or damaged" in report.problems[0].message
+
+
 def test_dicom_folder_needs_one_series(tmp_path):
     save_nifti(tmp_path / "images/s01.nii.gz", (8, 8, 4))
     folder = tmp_path / "dicom/s03"

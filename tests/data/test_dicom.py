@@ -188,6 +188,29 @@ def test_series_rule_not_unique_raises(tmp_path, rule):
         select_series(index_dicom_folder(_mixed_folder(tmp_path / "mixed")), rule)
 
 
+@pytest.mark.parametrize("keep_bytes", [300, 600])
+def test_slice_truncated_in_header_raises(tmp_path, keep_bytes):
+    folder = tmp_path / "series"
+    paths = write_stack(folder, np.arange(4 * 64, dtype=np.uint16).reshape(8, 8, 4), [0.0, 2.0, 4.0, 6.0])
+    paths[2].write_bytes(paths[2].read_bytes()[:keep_bytes])
+
+    with pytest.raises(DicomSeriesError) as raised:
+        index_dicom_folder(folder)
+
+    assert str(paths[2]) in str(raised.value)
+    assert "truncated or damaged" in str(raised.value)
+
+
+def test_non_image_objects_are_skipped(tmp_path):
+    folder = tmp_path / "series"
+    write_stack(folder, np.zeros((8, 8, 2), dtype=np.uint16), [0.0, 2.0])
+    (folder / "notes.txt").write_text("export log\n")
+
+    (series,) = index_dicom_folder(folder)
+
+    assert len(series.files) == 2
+
+
 def test_slices_sorted_by_position_not_name(tmp_path):
     volume = np.stack([np.full((8, 8), value) for value in (10, 20, 30)], axis=-1)
     # File names and InstanceNumber run opposite to the slice positions.

@@ -171,6 +171,7 @@ def test_word_in_numeric_column_error(cohort):
     assert f"row {row}" in message
     assert "'age'" in message
     assert "'sixty'" in message
+    assert f"Subjects concerned: {subject} (row {row})" in message
     assert "--on_bad_subject skip" in message
 
 

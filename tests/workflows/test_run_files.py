@@ -116,3 +116,13 @@ def test_monai_wrapped_error_reported_by_cause(caplog):
 
     (message,) = [record.getMessage() for record in caplog.records]
     assert message == f"The training job failed: SubjectDataError: {cause}"
+
+
+def test_stop_is_reported_with_advice(caplog):
+    caplog.set_level(logging.ERROR, logger="pipeline.workflows.run_files")
+
+    with pytest.raises(KeyboardInterrupt), report_failure("training job", on_stop="Run it again to resume."):
+        raise KeyboardInterrupt
+
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert message == "The training job was stopped: Ctrl-C (SIGINT). Run it again to resume."
