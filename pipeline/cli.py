@@ -104,6 +104,8 @@ def _run_build_cohort(args: argparse.Namespace) -> int:
 
     # Without --seed the builder's own default applies, so the CLI and Python calls agree.
     options = {} if args.seed is None else {"seed": args.seed}
+    if args.limit is not None:
+        options["limit"] = args.limit
     try:
         result = build_cohort(args.name, args.output, **options)
     except ValueError as error:
@@ -156,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("name", help="cohort name known to pipeline.data.cohorts")
     build.add_argument("--output", type=Path, required=True, help="folder to write the cohort into")
     build.add_argument("--seed", type=int, default=None, help="random seed of the build and the masks (default 0)")
+    build.add_argument(
+        "--limit", type=int, default=None,
+        help="build only this many subjects, a small slice for quick trials (its split differs from the full build's)",
+    )
     build.add_argument(
         "--schema", type=Path, default=None, help="schema used to write the masks (default: configs/NAME.yaml)"
     )

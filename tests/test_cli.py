@@ -104,3 +104,11 @@ def test_build_cohort_unavailable(tmp_path, monkeypatch, capsys):
 
     assert code == 1
     assert "build-cohort is not available" in capsys.readouterr().err
+
+
+def test_build_cohort_limit_builds_a_slice(tmp_path):
+    code = cli.main(["build-cohort", "cad_demo", "--output", str(tmp_path), "--limit", "12"])
+
+    assert code == 0
+    assert len((tmp_path / "manifest.csv").read_text().splitlines()) == 13
+    assert list((tmp_path / "missingness").glob("tabular_value_gamma0.50_seed0.csv"))
