@@ -213,8 +213,12 @@ def write_mask(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         output[column] = frame[column].to_numpy().astype(np.int64)
 
     partial = path.with_name(path.name + ".partial")
-    output.to_csv(partial, index=False, lineterminator="\n", encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        output.to_csv(partial, index=False, lineterminator="\n", encoding="utf-8")
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return path
 
 

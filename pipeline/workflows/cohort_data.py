@@ -39,7 +39,7 @@ from pipeline.data.transforms import (
     MarkAbsentModalityd,
     image_preprocessing,
 )
-from pipeline.workflows.run_files import check_config_path
+from pipeline.workflows.run_files import check_config_path, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -313,9 +313,7 @@ def save_encoders(encoders: Mapping[str, TabularEncoder], path: str | Path) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {name: encoder.to_dict() for name, encoder in encoders.items()}
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    partial.replace(path)
+    write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", path)
     return path
 
 

@@ -69,6 +69,7 @@ from pipeline.workflows.run_files import (
     check_writable_folder,
     report_failure,
     tracking_uri_for,
+    write_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -382,11 +383,7 @@ class ImageTableTraining:
         }
 
     def _write_summary(self, summary: Mapping[str, Any]) -> Path:
-        path = self.models_dir / "training_summary.json"
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        partial.replace(path)
-        return path
+        return write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", self.models_dir / "training_summary.json")
 
     def _delete_training_states(self) -> None:
         """Delete the training-state files once every trained file is written."""
