@@ -53,8 +53,12 @@ from pipeline.selection.reward import CALIBRATION_RULES
 from pipeline.training import load_checkpoint
 from pipeline.workflows.cohort_data import (
     CohortLayout,
+    Exclusion,
     SplitLoader,
+    check_bad_subject_policy,
     cohort_layout,
+    drop_bad_rows,
+    exclusion_table,
     log_job_plan,
     manifest_digest,
     open_cohort,
@@ -111,6 +115,9 @@ class ImageModalitiesTraining:
         tracking_store: SQLite file of the MLflow store used when ``MLFLOW_TRACKING_URI`` is unset.
         experiment: MLflow experiment of the training run.
         run_name: MLflow run name.
+        on_bad_subject: ``"error"`` stops at the first subject with an unreadable image or an
+            invalid manifest value. ``"skip"`` leaves such subjects out, logs them and lists them
+            in ``training_summary.json``.
     """
 
     @report_failure("bundle configuration")
@@ -134,6 +141,7 @@ class ImageModalitiesTraining:
         tracking_store: str | Path | None = None,
         experiment: str = "polymnist_dymo_train",
         run_name: str | None = None,
+        on_bad_subject: str = "error",
     ) -> None:
         unknown = sorted(set(embeddings) - set(EMBEDDINGS))
         if unknown or not embeddings:
@@ -155,6 +163,7 @@ class ImageModalitiesTraining:
         self.tracking_store = tracking_store
         self.experiment = experiment
         self.run_name = run_name or time.strftime("train-%Y%m%d-%H%M%S")
+        self.on_bad_subject = check_bad_subject_policy(on_bad_subject)
 
     def run(self) -> dict[str, Any]:
         """Train and save everything; return the summary also written to ``training_summary.json``."""
@@ -170,12 +179,13 @@ class ImageModalitiesTraining:
             )
         check_writable_folder(self.models_dir, "models_dir")
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
+        manifest, exclusions = drop_bad_rows(manifest, self.on_bad_subject)
         layout = cohort_layout(manifest, self.spatial_shape, with_table=False)
         log_job_plan(
             "Training", manifest, modalities=list(layout.images), embeddings=self.embeddings, seed=self.seed,
-            trained_files=self.models_dir,
+            bad_subjects=self.on_bad_subject, trained_files=self.models_dir,
         )
-        loader = SplitLoader(manifest, {}, layout, self.cache_dir, self.batch_size)
+        loader = SplitLoader(manifest, {}, layout, self.cache_dir, self.batch_size, self.on_bad_subject)
         self.models_dir.mkdir(parents=True, exist_ok=True)
 
         tracking_uri = tracking_uri_for(self.tracking_store or self.models_dir.parent / "eval" / "mlruns.db")
@@ -184,7 +194,11 @@ class ImageModalitiesTraining:
             logger.info("Reading the training and validation images of %s.", manifest.path)
             train_batches = loader.preload("train")
             val_batches = loader.preload("val")
+            exclusions = exclusions + loader.exclusions
+            _warn_exclusions(exclusions, "training_summary.json")
+            run.log_params({"excluded_subjects": len(exclusions)})
             summary: dict[str, Any] = {
+                "excluded_subjects": exclusion_table(exclusions).to_dict("records"),
                 "cohort_manifest": str(manifest.path),
                 "cohort_sha256": manifest_digest(manifest),
                 "seed": self.seed,
@@ -267,6 +281,9 @@ class ModalitySweep:
         tracking_store: SQLite file used when ``MLFLOW_TRACKING_URI`` is unset.
         experiment: MLflow experiment name.
         run_name: MLflow run name; a timestamp when None.
+        on_bad_subject: ``"error"`` stops at the first subject with an unreadable image or an
+            invalid manifest value. ``"skip"`` leaves such subjects out, logs them and lists them
+            in ``excluded_subjects.csv``.
     """
 
     @report_failure("bundle configuration")
@@ -294,6 +311,7 @@ class ModalitySweep:
         tracking_store: str | Path | None = None,
         experiment: str = "polymnist_dymo",
         run_name: str | None = None,
+        on_bad_subject: str = "error",
     ) -> None:
         self.etas = _checked_etas(etas)
 
@@ -331,6 +349,7 @@ class ModalitySweep:
         self.tracking_store = tracking_store
         self.experiment = experiment
         self.run_name = run_name or time.strftime("dymo-%Y%m%d-%H%M%S")
+        self.on_bad_subject = check_bad_subject_policy(on_bad_subject)
 
     def run(self) -> pd.DataFrame:
         """Run the sweep, write the outputs and the MLflow run; return the results table."""
@@ -341,11 +360,12 @@ class ModalitySweep:
         started = time.perf_counter()
         check_writable_folder(self.output_dir, "output_dir")
         manifest = open_cohort(self.manifest_path, self.schema_path, self.build_cohort)
+        manifest, excluded_rows = drop_bad_rows(manifest, self.on_bad_subject)
         layout = cohort_layout(manifest, self.spatial_shape, with_table=False)
         mask_paths = self._check_masks(manifest)
         log_job_plan(
             "DyMo sweep", manifest, split=self.split, subject_limit=self.subject_limit, methods=self.methods,
-            etas=list(self.etas), output=self.output_dir,
+            etas=list(self.etas), bad_subjects=self.on_bad_subject, output=self.output_dir,
         )
         networks, prototypes = self._load_networks()
         imputer_path = self.models_dir / IMPUTER_FILE
@@ -359,8 +379,10 @@ class ModalitySweep:
 
         tracking_uri = tracking_uri_for(self.tracking_store or self.output_dir / "mlruns.db")
         with TrackedRun(self.experiment, self.run_name, tracking_uri) as run:
-            loader = SplitLoader(manifest, {}, layout, self.cache_dir, self.batch_size)
+            loader = SplitLoader(manifest, {}, layout, self.cache_dir, self.batch_size, self.on_bad_subject)
             batches = loader.preload(self.split, limit=self.subject_limit)
+            exclusions = [row for row in excluded_rows if row.split == self.split] + loader.exclusions
+            _warn_exclusions(exclusions, "excluded_subjects.csv")
             subject_ids = [str(subject) for batch in batches for subject in batch["subject_id"]]
             labels = torch.cat([torch.as_tensor(batch["label"]).long() for batch in batches])
             images = stack_images(batches, layout)  # (n, M, C, H, W)
@@ -369,14 +391,14 @@ class ModalitySweep:
                 "DyMo sweep: cohort %s, %d %s subjects, modalities %s, methods %s, etas %s, output %s.",
                 manifest.path, len(subject_ids), self.split, layout.images, self.methods, list(self.etas), self.output_dir,
             )
-            run.log_params(self._parameters(manifest, len(subject_ids)))
+            run.log_params({**self._parameters(manifest, len(subject_ids)), "excluded_subjects": len(exclusions)})
 
             results, records, examples = [], [], None
             for eta in self.etas:
                 step_started = time.perf_counter()
                 observed = present.clone()
                 if eta > 0:
-                    removed = read_mask(mask_paths[eta], manifest.subject_ids, list(layout.images))
+                    removed = read_mask(mask_paths[eta], manifest.subject_ids + list(manifest.left_out), list(layout.images))
                     removed = removed.set_index("subject_id").loc[subject_ids].to_numpy().astype(bool)
                     observed &= ~torch.from_numpy(removed)
                 recovered = torch.from_numpy(imputer.transform(images, observed))
@@ -397,6 +419,7 @@ class ModalitySweep:
 
             table = pd.DataFrame(results, columns=RESULT_COLUMNS)
             paths = self._write_outputs(table, pd.concat(records, ignore_index=True), examples, subject_ids, labels, layout)
+            paths.insert(2, write_csv(exclusion_table(exclusions), self.output_dir / "excluded_subjects.csv"))
             for path in paths:
                 run.log_artifact(path)
             run.log_metrics({"seconds": time.perf_counter() - started}, step=0)
@@ -518,6 +541,15 @@ class ModalitySweep:
         settings = {name: value for name, value in vars(self).items()}
         paths.append(write_text(json.dumps(settings, indent=1, sort_keys=True, default=str) + "\n", self.output_dir / "config.json"))
         return paths
+
+
+def _warn_exclusions(exclusions: Sequence[Exclusion], listed_in: str) -> None:
+    """Log one warning naming the subjects left out, if any."""
+    if exclusions:
+        logger.warning(
+            "Left out %d subjects whose data could not be used (listed in %s): %s.",
+            len(exclusions), listed_in, ", ".join(exclusion.subject_id for exclusion in exclusions),
+        )
 
 
 def _checked_etas(etas: Sequence[float]) -> tuple[float, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,23 @@ def outputs(tmp_path_factory) -> Path:
     run_bundle("train.json", *common, "--trainer#max_epochs", "4", "--batch_size", "32", "--imputer#max_epochs", "2")
     run_bundle("inference.json", *common, "--etas", "[0.0,0.8]", "--n_bootstrap", "50", "--run_name", "polymnist-test")
     return folder
+
+
+def test_skip_leaves_out_a_broken_digit_image(outputs, tmp_path):
+    cohort = Path(shutil.copytree(outputs / "cohort", tmp_path / "cohort"))
+    frame = pd.read_csv(cohort / "manifest.csv", dtype=str)
+    broken = frame[frame["split"] == "test"].iloc[0]
+    (cohort / broken["m2_path"]).write_bytes(b"not an image\n")
+
+    run_bundle(
+        "inference.json", "--dataset_dir", str(cohort), "--models_dir", str(outputs / "models"),
+        "--output_dir", str(tmp_path / "eval"), "--etas", "[0.0]", "--n_bootstrap", "20", "--on_bad_subject", "skip",
+    )
+
+    excluded = pd.read_csv(tmp_path / "eval" / "excluded_subjects.csv")
+    assert excluded[["subject_id", "field"]].values.tolist() == [[broken["subject_id"], "m2_path"]]
+    subjects = pd.read_csv(tmp_path / "eval" / "subjects.csv")
+    assert broken["subject_id"] not in set(subjects["subject_id"])
 
 
 def test_training_writes_networks_prototypes_and_imputer(outputs):
