@@ -47,9 +47,12 @@ def init_from_environment(device: str | torch.device = "cpu", timeout_minutes: f
         The device of this process. Outside torchrun it is ``device`` unchanged.
 
     Raises:
+        ValueError: ``timeout_minutes`` is not a positive number.
         RuntimeError: ``WORLD_SIZE`` is above 1 but a torchrun variable is missing (the job was
             not started by torchrun); the message names the missing variables.
     """
+    if isinstance(timeout_minutes, bool) or not isinstance(timeout_minutes, (int, float)) or not timeout_minutes > 0:
+        raise ValueError(f"timeout_minutes must be a positive number of minutes, got {timeout_minutes!r}.")
     device = torch.device(device)
     if not launched_by_torchrun() or dist.is_initialized():
         return _local_device(device)
@@ -125,10 +128,10 @@ def all_gather_objects(value: T) -> list[T]:
 
 
 def shard(items: Sequence[T]) -> list[T]:
-    """This process's share of ``items``: every ``world_size``-th item starting at ``rank``.
+    """Return this process's share of ``items``: every ``world_size``-th item starting at ``rank``.
 
-    The shares of all processes together hold each item exactly once; their sizes differ by at
-    most one.
+    Slicing with step ``world_size`` from each rank puts every item in exactly one share, and the
+    share sizes differ by at most one.
     """
     return list(items[rank() :: world_size()])
 

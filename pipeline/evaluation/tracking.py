@@ -422,7 +422,7 @@ class RunTerminated(BaseException):
     """Raised inside a :class:`TrackedRun` when the process receives SIGTERM (for example from a job scheduler).
 
     Like ``KeyboardInterrupt`` it is not an ``Exception``, so no ``except Exception`` on the way
-    swallows it; the logging module, for one, catches every ``Exception`` raised while a record
+    swallows it. The logging module, for one, catches every ``Exception`` raised while a record
     is written.
     """
 

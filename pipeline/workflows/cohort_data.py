@@ -177,10 +177,10 @@ def check_some_images_exist(manifest: Manifest) -> None:
         if not paths or any(path.exists() for path in paths):
             continue
         folders = sorted({str(path.parent) for path in paths})
-        shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+        folder_list = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
         raise FileNotFoundError(
             f"{manifest.path}: none of the {len(paths)} image paths in column {image.column!r} exists (they point into "
-            f"{shown}). Copy the images there, or fix the paths: relative paths are read from the manifest's folder."
+            f"{folder_list}). Copy the images there, or fix the paths: relative paths are read from the manifest's folder."
         )
 
 
@@ -248,10 +248,10 @@ def drop_bad_rows(manifest: Manifest, on_bad_subject: str = "error") -> tuple[Ma
         exclusions[position] = exclusion
         logger.warning("Leaving out subject %s: %s", exclusion.subject_id, exclusion.reason)
 
-    kept = frame.drop(index=frame.index[sorted(exclusions)]).reset_index(drop=True)
+    remaining_rows = frame.drop(index=frame.index[sorted(exclusions)]).reset_index(drop=True)
     remaining = [problem for problem in manifest.problems if problem.severity != "error"]
     left_out = tuple(str(subject) for subject in frame[id_column].iloc[sorted(exclusions)])
-    manifest = dataclasses.replace(manifest, frame=kept, problems=remaining, left_out=manifest.left_out + left_out)
+    manifest = dataclasses.replace(manifest, frame=remaining_rows, problems=remaining, left_out=manifest.left_out + left_out)
     return manifest, list(exclusions.values())
 
 
@@ -393,6 +393,7 @@ class SplitLoader:
         self.batch_size = batch_size
         self.on_bad_subject = check_bad_subject_policy(on_bad_subject)
         self.exclusions: list[Exclusion] = []
+        self._items: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
         # One chain per image modality, so a failure names the modality's manifest column.
         self.image_steps = {
             image.modality: (
@@ -410,15 +411,21 @@ class SplitLoader:
         """Return the uncollated items of ``split`` in manifest order, or ``limit`` of them spread evenly over it.
 
         Evenly spaced subjects rather than the first ones, because repository cohorts are sorted
-        (polymnist_real by digit, cad_demo by centre).
+        (polymnist_real by digit, cad_demo by centre). The items of each ``(split, limit)`` are
+        built once, since building them encodes the split's table.
         """
-        items = subject_items(self.manifest, self.encoders, split=split)
-        if not items:
-            raise ValueError(f"{self.manifest.path}: no labelled subject is in split {split!r}.")
-        if limit is not None and limit < len(items):
-            rows = np.unique(np.linspace(0, len(items) - 1, limit).round().astype(int))
-            items = [items[row] for row in rows]
-        return items
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be a whole number of subjects of at least 1 or None, got {limit!r}.")
+        key = (split, limit)
+        if key not in self._items:
+            items = subject_items(self.manifest, self.encoders, split=split)
+            if not items:
+                raise ValueError(f"{self.manifest.path}: no labelled subject is in split {split!r}.")
+            if limit is not None and limit < len(items):
+                rows = np.unique(np.linspace(0, len(items) - 1, limit).round().astype(int))
+                items = [items[row] for row in rows]
+            self._items[key] = items
+        return list(self._items[key])
 
     def loader(
         self, split: str, shuffle: bool = False, drop_last: bool = False, seed: int = 0, limit: int | None = None

@@ -168,7 +168,7 @@ class MissingTableSweep:
         split: the evaluated split.
         subject_limit: evaluate only this many subjects, spread evenly over the split (for quick checks), or None.
         on_bad_subject: ``"error"`` stops at the first subject with an unreadable image or an
-            invalid table value, naming the file, subject and column; ``"skip"`` leaves such
+            invalid table value, naming the file, subject and column. ``"skip"`` leaves such
             subjects out, logs them and lists them in ``excluded_subjects.csv``.
         n_bootstrap: bootstrap resamples of the AUC interval.
         seed: seed of the bootstrap.
@@ -274,11 +274,10 @@ class MissingTableSweep:
             # Every process prepares and evaluates inside this block and then joins the gather
             # below, also when it failed, so that no process waits there for one that stopped.
             try:
-                manifest, excluded_rows, layout, encoders, models, table_imputer = self._prepare()
+                manifest, excluded_rows, layout, loader, models, table_imputer = self._prepare()
                 if main:
                     tracking_uri = tracking_uri_for(self.tracking_store or self.output_dir / "mlruns.db")
                     run = stack.enter_context(TrackedRun(self.experiment, self.run_name, tracking_uri))
-                loader = SplitLoader(manifest, encoders, layout, self.cache_dir, self.batch_size, self.on_bad_subject)
                 shard_records = self._evaluate_shard(manifest, layout, loader, models, table_imputer)
             except Exception as error:
                 failure = error
@@ -351,7 +350,8 @@ class MissingTableSweep:
                 output=self.output_dir,
             )
         encoders = load_encoders(self.models_dir / ENCODERS_FILE, manifest)
-        _check_both_classes(manifest, self.split, self.subject_limit, encoders, layout, self.cache_dir)
+        loader = SplitLoader(manifest, encoders, layout, self.cache_dir, self.batch_size, self.on_bad_subject)
+        _check_both_classes(loader, self.split, self.subject_limit)
         models = self._load_models()
         table_imputer_path = self.models_dir / table_imputer_file(self.table_imputer)
         if not table_imputer_path.is_file():
@@ -362,7 +362,7 @@ class MissingTableSweep:
             )
         table_imputer = load_imputer(table_imputer_path)
         _check_table_imputer(table_imputer_path, table_imputer, encoders[layout.table], self.models_dir / ENCODERS_FILE)
-        return manifest, excluded_rows, layout, encoders, models, table_imputer
+        return manifest, excluded_rows, layout, loader, models, table_imputer
 
     def _evaluate_shard(
         self, manifest: Manifest, layout: CohortLayout, loader: SplitLoader, models: Mapping[str, _Model], table_imputer: Any
@@ -674,14 +674,12 @@ def _check_table_imputer(path: Path, imputer: Any, encoder: Any, encoders_path: 
         )
 
 
-def _check_both_classes(
-    manifest: Manifest, split: str, limit: int | None, encoders: Mapping[str, Any], layout: CohortLayout, cache_dir: Path
-) -> None:
-    """Raise before any image is read when the evaluated subjects hold one class only (AUC is then undefined)."""
-    labels = [int(item["label"]) for item in SplitLoader(manifest, encoders, layout, cache_dir).items(split, limit)]
+def _check_both_classes(loader: SplitLoader, split: str, limit: int | None) -> None:
+    """Raise before any image is read when the evaluated subjects have one class only (AUC is then undefined)."""
+    labels = [int(item["label"]) for item in loader.items(split, limit)]
     if len(set(labels)) < 2:
         raise ValueError(
-            f"{manifest.path}: the {len(labels)} evaluated subjects of split {split!r} all have class id {labels[0]}, so the "
+            f"{loader.manifest.path}: the {len(labels)} evaluated subjects of split {split!r} all have class id {labels[0]}, so the "
             "AUC is undefined. Evaluate a split with subjects of both classes (--split), or raise or clear --subject_limit."
         )
 

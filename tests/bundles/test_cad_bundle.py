@@ -18,10 +18,6 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import REPOSITORY_CONFIGS
-from pipeline.data.cohort_masks import write_cohort_masks
-from pipeline.data.cohorts import build_cohort
-from pipeline.data.manifest import read_manifest
 from pipeline.workflows import RESULT_COLUMNS
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -41,14 +37,6 @@ def run_bundle(config: str, *overrides: str, timeout: int = 600) -> subprocess.C
     )
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     return completed
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cad_slice")
-    manifest = build_cohort("cad_demo", folder, seed=0, limit=60)
-    write_cohort_masks(read_manifest(manifest, REPOSITORY_CONFIGS / "cad_demo.yaml"), folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

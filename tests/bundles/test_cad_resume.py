@@ -9,14 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import REPOSITORY_CONFIGS
-from pipeline.data.cohort_masks import write_cohort_masks
-from pipeline.data.cohorts import build_cohort
-from pipeline.data.manifest import read_manifest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 MAX_EPOCHS = 6
@@ -99,14 +94,6 @@ def assert_same_contents(found, expected, where: str) -> None:
             assert_same_contents(found[index], value, f"{where}[{index}]")
     else:
         assert found == expected or (found != found and expected != expected), where  # NaN equals NaN here
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cad_slice")
-    manifest = build_cohort("cad_demo", folder, seed=0, limit=60)
-    write_cohort_masks(read_manifest(manifest, REPOSITORY_CONFIGS / "cad_demo.yaml"), folder)
-    return folder
 
 
 def test_interrupted_training_resumes_to_uninterrupted_files(cohort, tmp_path):

@@ -19,10 +19,6 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import REPOSITORY_CONFIGS
-from pipeline.data.cohort_masks import write_cohort_masks
-from pipeline.data.cohorts import build_cohort
-from pipeline.data.manifest import read_manifest
 from pipeline.workflows.cohort_data import Exclusion
 from pipeline.workflows.inference import _merge_shards, _raise_on_failure, _ShardRecords
 
@@ -69,20 +65,12 @@ def two_processes(*options: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cad_slice")
-    manifest = build_cohort("cad_demo", folder, seed=0, limit=60)
-    write_cohort_masks(read_manifest(manifest, REPOSITORY_CONFIGS / "cad_demo.yaml"), folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def runs(cohort, tmp_path_factory) -> tuple[Path, Path]:
     outputs = tmp_path_factory.mktemp("runs")
-    one, two = outputs / "one_process", outputs / "two_processes"
-    single_process("--dataset_dir", str(cohort), "--output_dir", str(one), *SWEEP_OPTIONS)
-    two_processes("--dataset_dir", str(cohort), "--output_dir", str(two), *SWEEP_OPTIONS)
-    return one, two
+    one_process_output, two_process_output = outputs / "one_process", outputs / "two_processes"
+    single_process("--dataset_dir", str(cohort), "--output_dir", str(one_process_output), *SWEEP_OPTIONS)
+    two_processes("--dataset_dir", str(cohort), "--output_dir", str(two_process_output), *SWEEP_OPTIONS)
+    return one_process_output, two_process_output
 
 
 def only_run(output: Path):
@@ -98,17 +86,17 @@ def metric_histories(client: MlflowClient, run) -> dict[str, list[tuple[int, flo
 
 
 def test_two_processes_write_identical_results(runs):
-    one, two = runs
+    one_process_output, two_process_output = runs
 
-    assert (two / "results.csv").read_bytes() == (one / "results.csv").read_bytes()
-    assert (two / "subjects.csv").read_bytes() == (one / "subjects.csv").read_bytes()
-    assert (two / "excluded_subjects.csv").read_bytes() == (one / "excluded_subjects.csv").read_bytes()
+    assert (two_process_output / "results.csv").read_bytes() == (one_process_output / "results.csv").read_bytes()
+    assert (two_process_output / "subjects.csv").read_bytes() == (one_process_output / "subjects.csv").read_bytes()
+    assert (two_process_output / "excluded_subjects.csv").read_bytes() == (one_process_output / "excluded_subjects.csv").read_bytes()
 
 
 def test_two_processes_evaluate_every_subject(runs, cohort):
-    _, two = runs
+    _, two_process_output = runs
 
-    subjects = pd.read_csv(two / "subjects.csv")
+    subjects = pd.read_csv(two_process_output / "subjects.csv")
     manifest = pd.read_csv(cohort / "manifest.csv")
     test_ids = manifest.loc[manifest["split"] == "test", "subject_id"].tolist()
     first_block = subjects[(subjects["gamma"] == 0.0) & (subjects["method"] == "discard")]
@@ -118,10 +106,10 @@ def test_two_processes_evaluate_every_subject(runs, cohort):
 
 
 def test_two_processes_log_one_mlflow_run(runs):
-    one, two = runs
+    one_process_output, two_process_output = runs
 
-    client_one, run_one = only_run(one)
-    client_two, run_two = only_run(two)
+    client_one, run_one = only_run(one_process_output)
+    client_two, run_two = only_run(two_process_output)
     assert run_two.info.status == "FINISHED"
     assert run_two.info.run_name == "distributed-test"
     assert run_two.data.params["processes"] == "2"

@@ -7,13 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import REPOSITORY_CONFIGS
-from pipeline.data.cohort_masks import write_cohort_masks
-from pipeline.data.cohorts import build_cohort
-from pipeline.data.manifest import read_manifest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -36,14 +31,6 @@ def torchrun_bundle(configs: str, cohort: Path, models: Path) -> subprocess.Comp
         text=True,
         timeout=300,
     )
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cad_slice")
-    manifest = build_cohort("cad_demo", folder, seed=0, limit=60)
-    write_cohort_masks(read_manifest(manifest, REPOSITORY_CONFIGS / "cad_demo.yaml"), folder)
-    return folder
 
 
 def test_two_processes_write_files_and_run_once(cohort, tmp_path):

@@ -179,12 +179,12 @@ def test_skip_drops_row_keeps_masks(cohort):
     subject, _ = write_word_in_numeric_column(cohort, "test")
     manifest = read_manifest(cohort / "manifest.csv", SCHEMA)
 
-    kept, exclusions = drop_bad_rows(manifest, "skip")
+    cleaned_manifest, exclusions = drop_bad_rows(manifest, "skip")
 
-    assert subject not in kept.subject_ids
-    assert len(kept.subject_ids) == len(manifest.subject_ids) - 1
-    assert kept.left_out == (subject,)
-    assert not kept.errors
+    assert subject not in cleaned_manifest.subject_ids
+    assert len(cleaned_manifest.subject_ids) == len(manifest.subject_ids) - 1
+    assert cleaned_manifest.left_out == (subject,)
+    assert not cleaned_manifest.errors
     table = exclusion_table(exclusions)
     assert table.to_dict("records") == [
         {"subject_id": subject, "split": "test", "field": "age", "reason": table.loc[0, "reason"]}
@@ -192,9 +192,9 @@ def test_skip_drops_row_keeps_masks(cohort):
     assert "'sixty' is not a number" in table.loc[0, "reason"]
 
     # The masks were written for the whole cohort; the remaining subjects still read theirs.
-    columns = list(kept.schema.tabular_columns("clinical"))
-    remaining = [name for name in kept.subject_ids][:5]
-    mask = read_table_mask(cohort, kept, columns, remaining, 0.5)
+    columns = list(cleaned_manifest.schema.tabular_columns("clinical"))
+    remaining_ids = [name for name in cleaned_manifest.subject_ids][:5]
+    mask = read_table_mask(cohort, cleaned_manifest, columns, remaining_ids, 0.5)
     assert mask.shape == (5, len(columns))
 
 
@@ -217,3 +217,9 @@ def test_empty_image_folder_is_one_error(cohort):
     message = str(raised.value)
     assert "none of the 40 image paths in column 'cine_path' exists" in message
     assert str(cohort / "images") in message
+
+
+@pytest.mark.parametrize("limit", [0, -3, 2.5, True])
+def test_invalid_limit_rejected(cohort, limit):
+    with pytest.raises(ValueError, match="limit must be a whole number"):
+        loader_for(cohort).items("test", limit)
